@@ -1,0 +1,97 @@
+"""Model configuration: one pydantic model, two presets, every size derived from it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Backbone = Literal["xception", "resnet18", "resnet50"]
+Pooling = Literal["max", "avg"]
+
+
+class ReconstructorConfig(BaseModel):
+    """MIMO-UNet sizes (Cho et al. 2021): channels at full, 1/2 and 1/4 scale are base, 2*base, 4*base."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_channels: int = Field(32, ge=2)
+    num_res_blocks: int = Field(8, ge=1)
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the deepest encoder output, globally pooled into the L_emb embedding."""
+        return 4 * self.base_channels
+
+
+class ClassifierConfig(BaseModel):
+    """Classifier C(|x - x~|, |x - x^|) of eq. (9)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backbone: Backbone = "xception"
+    pool: Pooling = "max"
+    # Multiplies every Xception width (1.0 = the 20.8M-parameter ImageNet network).
+    width: float = Field(1.0, gt=0.0, le=1.0)
+    # Xception's middle flow repeats this many blocks (8 in Chollet's network).
+    middle_blocks: int = Field(8, ge=1)
+    # Destruction-guided spatial attention (Fig. 4 lower branch); off = plain backbone on |x - x~|.
+    destruction_guidance: bool = True
+    attention_kernel: int = Field(7, ge=1)
+
+
+class DiscriminatorConfig(BaseModel):
+    """DCGAN discriminator: 4x4 stride-2 convs doubling from base_channels up to max_channels."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_channels: int = Field(8, ge=1)
+    max_channels: int = Field(256, ge=1)
+
+
+class RALFConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    preset: str = "custom"
+    image_size: int = Field(256, ge=16)
+    in_channels: int = 3
+    reconstructor: ReconstructorConfig = ReconstructorConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    discriminator: DiscriminatorConfig = DiscriminatorConfig()
+
+    @classmethod
+    def paper(cls, **overrides: object) -> "RALFConfig":
+        """256x256 faces, MIMO-UNet 32/64/128 with 8 blocks, full Xception (paper section 4.3)."""
+        return cls.model_validate(_deep_merge({"preset": "paper"}, overrides))
+
+    @classmethod
+    def tiny(cls, **overrides: object) -> "RALFConfig":
+        """Small input and widths so CPU tests run in seconds; same graph topology as `paper`."""
+        base = {
+            "preset": "tiny",
+            "image_size": 64,
+            "reconstructor": {"base_channels": 8, "num_res_blocks": 1},
+            "classifier": {"width": 0.125, "middle_blocks": 1},
+            "discriminator": {"base_channels": 8, "max_channels": 64},
+        }
+        return cls.model_validate(_deep_merge(base, overrides))
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: object) -> "RALFConfig":
+        presets = {"paper": cls.paper, "tiny": cls.tiny}
+        if name not in presets:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
+        return presets[name](**overrides)
+
+
+def _deep_merge(base: dict, overrides: dict) -> dict:
+    """Overrides win; nested dicts merge so `tiny(classifier={"pool": "avg"})` keeps tiny widths."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, BaseModel):
+            value = value.model_dump()
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
