@@ -1,0 +1,65 @@
+"""How a video is scanned: one pydantic model shared by `ralf-cli scan`, the workers and calibration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DeviceName = Literal["auto", "cpu", "cuda"]
+DecoderName = Literal["auto", "dali", "pyav"]
+DetectorName = Literal["mtcnn", "yolo"]
+EngineName = Literal["auto", "tensorrt", "compile", "eager"]
+AggregationName = Literal["mean", "topk", "median"]
+
+
+class ScanOptions(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    device: DeviceName = "auto"
+    decoder: DecoderName = "auto"
+    detector: DetectorName = "mtcnn"
+    yolo_weights: Path | None = None
+    engine: EngineName = "auto"
+
+    # Frame sampling: at most one of the three; none = every frame.
+    every_n: int | None = Field(None, ge=1)
+    target_fps: float | None = Field(2.0, gt=0)
+    max_frames: int | None = Field(None, ge=1)
+
+    chunk_size: int = Field(32, ge=1, description="Sampled frames decoded and detected together")
+    batch_size: int = Field(32, ge=1, description="Face crops per model forward")
+    margin: float = Field(0.3, ge=0.0, description="Crop enlargement around the face box, fraction of its side")
+    min_face_size: int = Field(40, ge=8, description="Smallest face side in pixels the detector looks for")
+    min_face_score: float = Field(0.9, ge=0.0, le=1.0)
+
+    aggregation: AggregationName = "mean"
+    top_k: int = Field(5, ge=1, description="Frames averaged by the 'topk' aggregation")
+    suspicious_frames: int = Field(3, ge=0, description="Most suspicious frame times reported per track")
+
+    max_file_bytes: int = Field(4 * 1024**3, ge=1, description="Larger files get an error verdict")
+    max_duration_s: float = Field(3 * 3600.0, gt=0, description="Longer videos get an error verdict")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_fps_yields(cls, data: object) -> object:
+        # target_fps=2 is only the default: choosing every_n or max_frames replaces it.
+        if isinstance(data, dict) and "target_fps" not in data:
+            if data.get("every_n") is not None or data.get("max_frames") is not None:
+                data = {**data, "target_fps": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_sampling_mode(self) -> "ScanOptions":
+        chosen = [n for n in ("every_n", "target_fps", "max_frames") if getattr(self, n) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"choose at most one frame sampling mode, got {chosen}")
+        return self
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
