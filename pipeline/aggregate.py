@@ -1,0 +1,100 @@
+"""Frame scores → track scores → video score and label. Pure functions over plain numbers.
+
+Every score here is P(fake) = sigmoid(logit): the model's logit is log-odds of FAKE.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.options import AggregationName
+from pipeline.verdict import TrackVerdict, VerdictLabel
+
+
+@dataclass(frozen=True)
+class FaceScore:
+    """One scored face crop: which person, where in the video, how suspicious."""
+
+    track_id: int
+    frame_index: int
+    timestamp_s: float
+    probability: float  # P(fake)
+
+
+def fake_probabilities(logits: torch.Tensor) -> list[float]:
+    """P(fake) per logit, as plain floats (the logit is log-odds of FAKE)."""
+    return torch.sigmoid(logits.detach().to("cpu", torch.float64)).tolist()
+
+
+def track_score(probabilities: Sequence[float], method: AggregationName = "mean", top_k: int = 5) -> float:
+    """One track's P(fake) from its faces' P(fake).
+
+    'mean' averages every face; 'topk' averages the `top_k` most suspicious faces (all of them when
+    the track is shorter), so a short forged segment inside a long real track still counts;
+    'median' ignores isolated outliers.
+    """
+    if not probabilities:
+        raise ValueError("a track needs at least one face score")
+    if method == "mean":
+        return math.fsum(probabilities) / len(probabilities)
+    if method == "topk":
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        highest = sorted(probabilities, reverse=True)[:top_k]
+        return math.fsum(highest) / len(highest)
+    if method == "median":
+        return float(statistics.median(probabilities))
+    raise ValueError(f"unknown aggregation {method!r}; choose mean, topk or median")
+
+
+def suspicious_times(faces: Sequence[FaceScore], count: int) -> list[float]:
+    """Timestamps of the `count` most suspicious faces, most suspicious first (earlier first on ties)."""
+    ranked = sorted(faces, key=lambda f: (-f.probability, f.timestamp_s))
+    return [f.timestamp_s for f in ranked[:count]]
+
+
+def aggregate_tracks(
+    faces: Iterable[FaceScore],
+    method: AggregationName = "mean",
+    top_k: int = 5,
+    suspicious_count: int = 3,
+) -> list[TrackVerdict]:
+    """One `TrackVerdict` per track id seen in `faces`, in order of track id."""
+    by_track: dict[int, list[FaceScore]] = defaultdict(list)
+    for face in faces:
+        by_track[face.track_id].append(face)
+    verdicts = []
+    for track_id in sorted(by_track):
+        track_faces = by_track[track_id]
+        times = [f.timestamp_s for f in track_faces]
+        verdicts.append(
+            TrackVerdict(
+                track_id=track_id,
+                score=track_score([f.probability for f in track_faces], method, top_k),
+                num_faces=len(track_faces),
+                first_time_s=min(times),
+                last_time_s=max(times),
+                suspicious_times_s=suspicious_times(track_faces, suspicious_count),
+            )
+        )
+    return verdicts
+
+
+def video_score(tracks: Sequence[TrackVerdict]) -> float | None:
+    """The most suspicious track's score: one forged person makes the video fake. None without tracks."""
+    if not tracks:
+        return None
+    return max(t.score for t in tracks)
+
+
+def video_label(score: float | None, threshold: float) -> VerdictLabel:
+    """'fake' when score >= threshold, 'real' below it, 'no_face' when there was nothing to score."""
+    if score is None:
+        return "no_face"
+    return "fake" if score >= threshold else "real"
