@@ -1,0 +1,91 @@
+"""Inference engines: face crops in, fake logits out, in batches no larger than the engine allows.
+
+The scanner only talks to the `InferenceEngine` protocol, so an optimised engine (torch.compile,
+Torch-TensorRT) can replace the eager one without touching the rest of the pipeline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from pipeline.options import ScanOptions
+
+
+class InferenceOutOfMemory(RuntimeError):
+    """The accelerator ran out of memory for one batch; retrying with a smaller batch size may work."""
+
+    def __init__(self, batch_size: int, device: torch.device, detail: str) -> None:
+        super().__init__(f"out of memory on {device} at batch size {batch_size}: {detail}")
+        self.batch_size = batch_size
+        self.device = device
+
+
+@runtime_checkable
+class InferenceEngine(Protocol):
+    """Scores face crops.
+
+    `logits(crops)`: crops are float32 `(K, 3, S, S)` RGB in [0, 1] on any device; the result is
+    float32 `(K,)` log-odds of FAKE on `device`, in the same order. Any K works: the engine splits
+    it into batches of at most `max_batch`.
+    """
+
+    name: str
+    device: torch.device
+    max_batch: int
+
+    def logits(self, crops: torch.Tensor) -> torch.Tensor: ...
+
+
+def check_crops(crops: torch.Tensor) -> None:
+    """Raise ValueError unless `crops` is a float (K, 3, S, S) tensor."""
+    if not crops.is_floating_point() or crops.ndim != 4 or crops.shape[1] != 3:
+        raise ValueError(f"crops must be float (K, 3, S, S), got {crops.dtype} {tuple(crops.shape)}")
+
+
+class EagerEngine:
+    """Plain PyTorch forward passes under `torch.inference_mode`."""
+
+    name = "eager"
+
+    def __init__(self, model: nn.Module, device: torch.device | str, batch_size: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.max_batch = batch_size
+        self.model = model.to(self.device).eval()
+
+    def logits(self, crops: torch.Tensor) -> torch.Tensor:
+        check_crops(crops)
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, crops.shape[0], self.max_batch):
+                batch = crops[start : start + self.max_batch].to(self.device, torch.float32, non_blocking=True)
+                try:
+                    outputs.append(self.model(batch).reshape(-1).float())
+                except torch.OutOfMemoryError as error:
+                    raise InferenceOutOfMemory(self.max_batch, self.device, str(error)) from error
+        if not outputs:
+            return torch.zeros((0,), dtype=torch.float32, device=self.device)
+        return torch.cat(outputs)
+
+
+def load_engine(
+    model: nn.Module, options: ScanOptions, weights_path: Path | None = None
+) -> tuple[InferenceEngine, list[str]]:
+    """The engine `options.engine` asks for, falling back to eager with a warning when it is unavailable.
+
+    `weights_path` identifies the weights, so an engine that compiles ahead of time can cache its
+    build next to them. Returns the engine and the warnings a verdict should carry.
+    """
+    device = torch.device(options.resolved_device())
+    eager = EagerEngine(model, device, options.batch_size)
+    if options.engine in ("auto", "eager"):
+        return eager, []
+    return eager, [
+        f"inference engine {options.engine!r} was requested but is not available in this build; "
+        "using eager PyTorch"
+    ]
