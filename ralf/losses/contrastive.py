@@ -8,16 +8,15 @@ every VGG stage. The network is cut after relu5_1: deeper layers are never compu
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torchvision
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ralf.losses.labels import fake_mask, zero_with_graph
+from ralf.pretrained import PretrainedError, file_sha256, read_state_dict
 
 VGG19_LAYER_NAMES = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 # Exclusive end index of each slice in vgg19().features: ReLU modules at 1, 6, 11, 20, 29.
@@ -49,8 +48,8 @@ class VGG19Features(nn.Module):
             try:
                 trunk.load_state_dict(state)
             except RuntimeError as error:  # wrong shapes: say which file, not a bare traceback
-                raise ValueError(f"{path} does not hold VGG19 feature weights: {error}") from error
-            self.source = f"file:{path.name} sha256:{_sha256(path)[:12]}"
+                raise PretrainedError(f"{path} does not hold VGG19 feature weights: {error}") from None
+            self.source = f"file:{path.name} sha256:{file_sha256(path)[:12]}"
         elif allow_random:
             self.source = "random-init"
         else:
@@ -93,32 +92,17 @@ def _vgg19_trunk(num_layers: int) -> nn.Sequential:
     return trunk
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _read_vgg_state_dict(path: Path, expected: set[str]) -> dict[str, Tensor]:
     """Trunk parameters from a torchvision-format VGG19 state dict ('features.' prefix optional)."""
     if not path.is_file():
         raise FileNotFoundError(f"VGG19 weights file not found: {path}. {MISSING_WEIGHTS_HELP}")
-    try:
-        if path.suffix == ".safetensors":
-            raw = load_file(str(path))
-        else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any unreadable/unsafe file gets the same clear message
-        raise ValueError(f"cannot read VGG19 weights from {path}: {error}") from error
-    if not isinstance(raw, dict) or not all(isinstance(value, Tensor) for value in raw.values()):
-        raise ValueError(f"{path} is not a state dict of tensors (torchvision vgg19 format expected)")
+    raw = read_state_dict(path)
     # Keep only the trunk up to relu5_1; the classifier head and deeper convs are not used.
     state = {name: value for key, value in raw.items() if (name := key.removeprefix("features.")) in expected}
     missing = sorted(expected - state.keys())
     if missing:
-        raise ValueError(f"{path} lacks VGG19 feature parameters {missing[:4]}{'...' if len(missing) > 4 else ''}")
+        more = "..." if len(missing) > 4 else ""
+        raise PretrainedError(f"{path} lacks VGG19 feature parameters {missing[:4]}{more}")
     return state
 
 
