@@ -27,7 +27,9 @@ def embedding_loss(
     """
     validate_radii(radius_real, radius_fake)
     if embedding.dim() != 2 or center.shape != embedding.shape[1:]:
-        raise ValueError(f"embedding (B, D) and center (D,) expected, got {tuple(embedding.shape)} and {tuple(center.shape)}")
+        raise ValueError(
+            f"embedding (B, D) and center (D,) expected, got {tuple(embedding.shape)} and {tuple(center.shape)}"
+        )
     fake = fake_mask(is_fake, embedding.shape[0])
     distance = torch.linalg.vector_norm(embedding - center, dim=1)
     loss = zero_with_graph(distance)
@@ -59,7 +61,8 @@ class CenterTracker(nn.Module):
     @torch.no_grad()
     def update(self, embedding: Tensor, is_fake: Tensor) -> None:
         if embedding.dim() != 2 or embedding.shape[1] != self.embedding_dim:
-            raise ValueError(f"embedding must have shape (B, {self.embedding_dim}), got {tuple(embedding.shape)}")
+            expected = f"(B, {self.embedding_dim})"
+            raise ValueError(f"embedding must have shape {expected}, got {tuple(embedding.shape)}")
         real = ~fake_mask(is_fake, embedding.shape[0])
         real_embeddings = embedding.detach()[real].to(device=self.sum.device, dtype=torch.float64)
         self.sum += real_embeddings.sum(dim=0)

@@ -157,7 +157,9 @@ class RALFObjective(nn.Module):
             adversarial = zero
         reconstruction = l1 + cfg.lambda_freq * frequency + cfg.lambda_adv * adversarial
         embedding = (
-            embedding_loss(out.embedding, center, is_fake, cfg.radius_real, cfg.radius_fake) if cfg.use_emb else zero
+            embedding_loss(out.embedding, center, is_fake, cfg.radius_real, cfg.radius_fake)
+            if cfg.use_emb
+            else zero
         )
         contrastive = self._contrastive(rec, x, is_fake) if self.vgg is not None else zero
 
@@ -187,7 +189,8 @@ class RALFObjective(nn.Module):
         with torch.no_grad():
             features_input = self.vgg(x)
         features_rec = self.vgg(rec)
-        return contrastive_loss(features_rec, features_input, is_fake, self.config.con_layer_weights, self.config.con_eps)
+        cfg = self.config
+        return contrastive_loss(features_rec, features_input, is_fake, cfg.con_layer_weights, cfg.con_eps)
 
     def discriminator_loss(
         self, discriminator: nn.Module, x: Tensor, reconstruction_detached: Tensor, is_fake: Tensor
