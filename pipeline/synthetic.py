@@ -149,8 +149,9 @@ def write_face_clip(
 
     ``size`` is (width, height) as displayed, both even. ``face=False`` writes only the
     (slowly panning) background. ``rotation`` (a multiple of 90) stores the frames rotated
-    with matching display-rotation metadata (honoured by the MP4 container; use h264).
-    Use :func:`container_suffix` for a matching file suffix.
+    with matching display-rotation metadata (kept by MP4 only: use a '.mp4' path,
+    with h264 or vp9).
+    The container follows the path's suffix; :func:`container_suffix` gives the usual one.
     """
     width, height = size
     if width % 2 or height % 2:
@@ -226,3 +227,15 @@ def write_empty_file(path: str | Path) -> Path:
     path = Path(path)
     path.write_bytes(b"")
     return path
+
+
+def write_corrupted_copy(src: str | Path, dst: str | Path, *, seed: int = 0, fraction: float = 0.2) -> Path:
+    """Copy ``src`` with a block of random bytes (``fraction`` of the file) overwritten mid-file."""
+    data = bytearray(Path(src).read_bytes())
+    rng = np.random.default_rng(seed)
+    length = max(1, int(len(data) * fraction))
+    start = len(data) // 2 - length // 2
+    data[start : start + length] = rng.integers(0, 256, size=length, dtype=np.uint8).tobytes()
+    dst = Path(dst)
+    dst.write_bytes(bytes(data))
+    return dst

@@ -1,0 +1,187 @@
+"""Cheap checks and stream facts with PyAV, shared by both decode backends.
+
+Every failure is turned into a :class:`VideoDecodeError` whose message says what is wrong
+with the file (missing, empty, not a video, no video stream, truncated, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.container
+import av.video.stream
+
+from pipeline.decode.types import VideoDecodeError, VideoInfo
+
+
+def check_file(path: str | Path) -> Path:
+    """The path as a Path if it names a non-empty regular file; else a clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise VideoDecodeError(f"file not found: {path}")
+    if not path.is_file():
+        raise VideoDecodeError(f"not a regular file: {path}")
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(f"empty file (0 bytes): {path}")
+    return path
+
+
+def open_container(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), mode="r")
+    except av.error.InvalidDataError:
+        raise VideoDecodeError(
+            f"not a readable video file (unrecognised format, or truncated/corrupt container): {path.name}"
+        ) from None
+    except av.error.FFmpegError as exc:
+        raise VideoDecodeError(f"cannot open {path.name}: {exc.strerror or exc}") from None
+
+
+def first_video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        raise VideoDecodeError(f"no video stream in {path.name} (streams: {', '.join(kinds)})")
+    stream = container.streams.video[0]
+    if stream.codec_context is None:
+        raise VideoDecodeError(f"unsupported video codec in {path.name}: no decoder available")
+    return stream
+
+
+def codec_name(stream: av.video.stream.VideoStream) -> str:
+    """Canonical codec name ('av1' rather than the decoder's 'libdav1d')."""
+    return stream.codec_context.codec.canonical_name
+
+
+def normalize_rotation(degrees: float) -> int:
+    """Snap a display-matrix angle to 0/90/180/270 (counter-clockwise)."""
+    if math.isnan(degrees):
+        return 0
+    return int(round(degrees / 90.0)) * 90 % 360
+
+
+def frame_rate(stream: av.video.stream.VideoStream) -> Fraction:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate is not None and rate > 0:
+            return Fraction(rate)
+    raise VideoDecodeError("cannot determine the video's frame rate")
+
+
+def stream_start_pts(stream: av.video.stream.VideoStream, first_pts: int | None) -> int:
+    """Origin for timestamps: the stream's start time, else its first frame's pts."""
+    if stream.start_time is not None:
+        return stream.start_time
+    return first_pts or 0
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """What a complete file must contain, for telling a truncated file from a short one."""
+
+    frames: int | None  # frame count from the container index, when it has one
+    end_s: float | None  # when video content must end; None if only other streams set the duration
+
+
+def expected_completeness(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Completeness:
+    frames = stream.frames or None
+    if stream.duration is not None and stream.time_base is not None:
+        end_s: float | None = float(stream.duration * stream.time_base)
+    elif container.duration is not None and len(container.streams) == 1:
+        end_s = container.duration / av.time_base
+    else:
+        end_s = None
+    return Completeness(frames=frames, end_s=end_s)
+
+
+def check_complete(expected: Completeness, *, frames_decoded: int, end_s: float, name: str) -> None:
+    """Raise if decoding stopped clearly short of what the container promises.
+
+    ``end_s`` is the end of the last decoded frame (its timestamp plus one frame duration).
+    A couple of frames of slack absorbs containers whose headers round their counts.
+    """
+    if frames_decoded == 0:
+        raise VideoDecodeError(f"no decodable video frames in {name} (truncated or corrupt)")
+    if expected.frames is not None and frames_decoded < expected.frames - max(2, expected.frames // 50):
+        raise VideoDecodeError(
+            f"truncated or corrupt video {name}: decoded {frames_decoded} of {expected.frames} frames"
+        )
+    if expected.frames is None and expected.end_s is not None and end_s < 0.98 * expected.end_s - 0.1:
+        raise VideoDecodeError(
+            f"truncated or corrupt video {name}: video ends at {end_s:.2f} s of {expected.end_s:.2f} s"
+        )
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Read container headers and decode the first frame (for rotation and to prove it decodes)."""
+    path = check_file(path)
+    with open_container(path) as container:
+        stream = first_video_stream(container, path)
+        fps = frame_rate(stream)
+        first = _first_frame(container, stream, path)
+        rotation = normalize_rotation(first.rotation)
+        width, height = first.width, first.height
+        if rotation in (90, 270):
+            width, height = height, width
+        duration_s: float | None = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration_s = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration_s = container.duration / av.time_base
+        num_frames_exact = bool(stream.frames)
+        num_frames = stream.frames or (round(duration_s * fps) if duration_s is not None else None)
+        return VideoInfo(
+            width=width,
+            height=height,
+            fps=float(fps),
+            duration_s=duration_s,
+            num_frames=num_frames,
+            num_frames_exact=num_frames_exact,
+            codec=codec_name(stream),
+            rotation=rotation,
+        )
+
+
+def _first_frame(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path
+) -> av.VideoFrame:
+    try:
+        for frame in container.decode(stream):
+            return frame
+    except av.error.FFmpegError as exc:
+        raise VideoDecodeError(f"corrupt video data in {path.name}: {exc.strerror or exc}") from None
+    raise VideoDecodeError(f"no decodable video frames in {path.name} (truncated or corrupt)")
+
+
+def presentation_times(path: Path) -> tuple[list[float], Completeness]:
+    """Presentation time (s from stream start) of every video frame, from packets only (no decoding).
+
+    Packets arrive in decode order; sorting their pts gives display order, which is VFR-correct.
+    """
+    with open_container(path) as container:
+        stream = first_video_stream(container, path)
+        expected = expected_completeness(container, stream)
+        fps = frame_rate(stream)
+        pts_values: list[int] = []
+        missing_pts = 0
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue  # flush marker, not a frame
+                pts = packet.pts if packet.pts is not None else packet.dts
+                if pts is None:
+                    missing_pts += 1
+                else:
+                    pts_values.append(pts)
+        except av.error.FFmpegError as exc:
+            raise VideoDecodeError(f"corrupt container data in {path.name}: {exc.strerror or exc}") from None
+        if missing_pts:
+            # No usable timing: fall back to a constant rate for every frame.
+            count = len(pts_values) + missing_pts
+            return [i / float(fps) for i in range(count)], expected
+        pts_values.sort()
+        origin = stream_start_pts(stream, pts_values[0] if pts_values else None)
+        time_base = stream.time_base
+        return [float((p - origin) * time_base) for p in pts_values], expected
