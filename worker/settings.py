@@ -1,0 +1,148 @@
+"""The one settings model of the queue side: every knob is an environment variable prefixed `RALF_`.
+
+Workers, `ralf-cli enqueue` and `compose.yaml` all read this model; `ralf-cli config` prints it.
+Scan knobs default to `ScanOptions`' own defaults so there is a single source for them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from pipeline.options import DecoderName, DetectorName, DeviceName, EngineName, ScanOptions
+
+Priority = Literal["high", "default", "low"]
+WorkerMode = Literal["auto", "fork", "in-process"]
+PRIORITIES: tuple[Priority, ...] = ("high", "default", "low")
+
+_SCAN_DEFAULTS = ScanOptions()
+
+
+def _split_list(value: object) -> object:
+    """Env lists: a JSON array, or items separated by commas or the OS path separator (':')."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        return []
+    if text.startswith("["):
+        return json.loads(text)
+    return [item.strip() for item in text.replace(os.pathsep, ",").split(",") if item.strip()]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RALF_", extra="ignore", frozen=True)
+
+    # --- Redis and rq -------------------------------------------------------------------
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding the queues and results")
+    queue_high: str = Field("ralf-high", description="Queue for --priority high")
+    queue_default: str = Field("ralf-default", description="Queue for --priority default")
+    queue_low: str = Field("ralf-low", description="Queue for --priority low")
+    key_prefix: str = Field(
+        "ralf",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
+        description="Prefix of job ids and of every key stored besides rq's own",
+    )
+    redis_retries: int = Field(3, ge=0, description="Retries (exponential back-off) of a Redis command on a connection error")
+
+    # --- inputs -------------------------------------------------------------------------
+    media_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Directories local inputs must lie in (JSON list or ','/':' separated)",
+    )
+    download_max_bytes: int = Field(2 * 1024**3, ge=1, description="Larger http(s) downloads give an error verdict")
+    download_timeout_s: float = Field(300.0, gt=0, description="Whole-download deadline for http(s) inputs")
+    download_dir: Path | None = Field(None, description="Where workers put downloads (system temp dir if unset)")
+
+    # --- model and scan -----------------------------------------------------------------
+    weights: Path | None = Field(None, description="RALF safetensors weights; unset = random weights (tests only)")
+    random_preset: str = Field("paper", description="Model preset used when no weights are given")
+    device: DeviceName = Field(_SCAN_DEFAULTS.device, description="auto | cpu | cuda")
+    decoder: DecoderName = Field(_SCAN_DEFAULTS.decoder, description="auto | dali | pyav")
+    detector: DetectorName = Field(_SCAN_DEFAULTS.detector, description="Face detector: mtcnn | yolo")
+    yolo_weights: Path | None = Field(None, description="Local YOLO face weights (detector=yolo)")
+    engine: EngineName = Field(_SCAN_DEFAULTS.engine, description="auto | tensorrt | compile | eager")
+    batch_size: int = Field(_SCAN_DEFAULTS.batch_size, ge=1, description="Face crops per model forward")
+    chunk_size: int = Field(_SCAN_DEFAULTS.chunk_size, ge=1, description="Sampled frames decoded together")
+    target_fps: float | None = Field(None, gt=0, description="Frame sampling rate (ScanOptions default if no mode set)")
+    every_n: int | None = Field(None, ge=1, description="Sample every n-th frame instead")
+    max_frames: int | None = Field(None, ge=1, description="Sample at most this many frames evenly instead")
+
+    # --- results and failures -----------------------------------------------------------
+    result_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="How long verdicts are kept")
+    failure_ttl_s: int = Field(30 * 24 * 3600, ge=1, description="How long failed jobs are kept")
+    job_timeout_base_s: int = Field(120, ge=1, description="Job timeout = base + per_video_s * duration")
+    job_timeout_per_video_s: float = Field(2.0, ge=0, description="Seconds of work allowed per second of video")
+    job_timeout_default_s: int = Field(3600, ge=1, description="Timeout when the duration is unknown (URLs)")
+    retry_max: int = Field(3, ge=0, description="Retries of transient failures (download, OOM, lost worker)")
+    retry_intervals_s: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [10, 60, 300], description="Back-off between retries, seconds"
+    )
+    worker_mode: WorkerMode = Field(
+        "auto", description="fork: a work horse per job (CPU); in-process: jobs run in the worker (CUDA); auto: by device"
+    )
+    worker_liveness_ttl_s: int = Field(
+        15, ge=3, description="A worker silent this long is dead and its job is re-queued"
+    )
+
+    @field_validator("media_roots", "retry_intervals_s", mode="before")
+    @classmethod
+    def _env_list(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("retry_intervals_s")
+    @classmethod
+    def _non_negative(cls, value: list[int]) -> list[int]:
+        if any(v < 0 for v in value):
+            raise ValueError("retry intervals must be >= 0 seconds")
+        return value
+
+    @field_validator("media_roots")
+    @classmethod
+    def _absolute_roots(cls, value: list[Path]) -> list[Path]:
+        # Resolved once here so every containment check compares real paths.
+        return [p.expanduser().resolve() for p in value]
+
+    def queue_name(self, priority: Priority) -> str:
+        return {"high": self.queue_high, "default": self.queue_default, "low": self.queue_low}[priority]
+
+    @property
+    def queue_names(self) -> list[str]:
+        """Queues in the order workers drain them: high first."""
+        return [self.queue_name(p) for p in PRIORITIES]
+
+    def scan_options(self, **overrides: Any) -> ScanOptions:
+        """The worker's ScanOptions; sampling fields only when set, so ScanOptions' default applies."""
+        values: dict[str, Any] = {
+            "device": self.device,
+            "decoder": self.decoder,
+            "detector": self.detector,
+            "yolo_weights": self.yolo_weights,
+            "engine": self.engine,
+            "batch_size": self.batch_size,
+            "chunk_size": self.chunk_size,
+        }
+        for name in ("target_fps", "every_n", "max_frames"):
+            if getattr(self, name) is not None:
+                values[name] = getattr(self, name)
+        if any(name in overrides for name in ("target_fps", "every_n", "max_frames")):
+            # A job choosing a sampling mode replaces the worker's, never combines with it.
+            for name in ("target_fps", "every_n", "max_frames"):
+                values.pop(name, None)
+        values.update(overrides)
+        return ScanOptions(**values)
+
+    def key(self, *parts: str) -> str:
+        """A Redis key of ours: `<prefix>:<part>:<part>`."""
+        return ":".join((self.key_prefix, *parts))
+
+
+def settings_env_names() -> set[str]:
+    """Every environment variable the settings read (for compose checks and docs)."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    return {f"{prefix}{name}".upper() for name in Settings.model_fields}
