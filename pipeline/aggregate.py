@@ -27,9 +27,14 @@ class FaceScore:
     probability: float  # P(fake)
 
 
-def fake_probabilities(logits: torch.Tensor) -> list[float]:
-    """P(fake) per logit, as plain floats (the logit is log-odds of FAKE)."""
-    return torch.sigmoid(logits.detach().to("cpu", torch.float64)).tolist()
+def fake_probabilities(logits: torch.Tensor, temperature: float = 1.0) -> list[float]:
+    """P(fake) = sigmoid(logit / temperature) per logit, as plain floats (the logit is log-odds of FAKE).
+
+    A calibration may store a temperature; 1.0 leaves the model's probabilities as they are.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return torch.sigmoid(logits.detach().to("cpu", torch.float64) / temperature).tolist()
 
 
 def track_score(probabilities: Sequence[float], method: AggregationName = "mean", top_k: int = 5) -> float:

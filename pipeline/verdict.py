@@ -47,11 +47,17 @@ class Verdict(BaseModel):
     threshold_source: str = Field(description="'uncalibrated default' or how the calibration was made")
     model_version: str
     engine: str = ""
+    decoder: str = Field("", description="Decode backend that read the video ('dali' or 'pyav'); empty if none did")
+    detector: str = ""
     weights_random: bool = False
     tracks: list[TrackVerdict] = Field(default_factory=list)
     counts: Counts = Field(default_factory=Counts)
     timings: StageTimings = Field(default_factory=StageTimings)
-    error: str | None = None
+    error: str | None = Field(
+        None,
+        description="Why the video was not scanned. Input problems read plainly ('file not found: ...'); "
+        "'internal: ...' marks a failure of the scanner itself (a bug or exhausted resources), not of the input",
+    )
     warnings: list[str] = Field(default_factory=list)
 
 

@@ -83,3 +83,11 @@ def test_suspicious_times_tie_break_is_earliest() -> None:
     faces = [FaceScore(0, i, float(i), 0.7) for i in (3, 1, 2)]
     assert suspicious_times(faces, 2) == [1.0, 2.0]
     assert suspicious_times(faces, 0) == []
+
+
+def test_temperature_softens_probabilities() -> None:
+    sharp, soft = fake_probabilities(torch.tensor([2.0]))[0], fake_probabilities(torch.tensor([2.0]), 2.0)[0]
+    assert soft == pytest.approx(1 / (1 + math.exp(-1.0)))
+    assert 0.5 < soft < sharp
+    with pytest.raises(ValueError):
+        fake_probabilities(torch.tensor([1.0]), 0.0)

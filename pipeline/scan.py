@@ -1,0 +1,351 @@
+"""`Scanner`: one video in, one `Verdict` out, streaming decode → faces → tracks → crops → RALF → verdict.
+
+The scanner loads the model, face detector and inference engine once, so a worker process keeps
+one and scans many videos with it.
+
+Errors, two kinds:
+- Bad input (missing, empty, not a video, truncated, audio-only, too large, too long) never raises:
+  `scan` returns a verdict with `label="error"` and the reason in plain words.
+- A failure of the scanner itself (a bug, a broken install) raises out of `scan`, so a worker
+  records it as a failed job with its traceback instead of a result. Callers that must answer
+  anyway turn it into `internal_error_verdict(path, exc)`, whose `error` starts with "internal: ".
+  Running out of accelerator memory raises `InferenceOutOfMemory`: retry with a smaller batch size
+  (`Scanner(options.model_copy(update={"batch_size": n}), weights)`).
+
+Memory stays bounded for any video length: frames live only for their chunk; what is kept is one
+`FaceScore` (a few numbers) per face, plus at most one batch of pending crops.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from pipeline.aggregate import FaceScore, aggregate_tracks, fake_probabilities, video_label, video_score
+from pipeline.crops import crop_faces
+from pipeline.decode import FrameBatch, Sampling, VideoDecodeError, VideoInfo, VideoStream, open_video
+from pipeline.engine import InferenceEngine, InferenceOutOfMemory, load_engine
+from pipeline.faces import FaceDetector, build_detector
+from pipeline.options import ScanOptions
+from pipeline.tracking import IouTracker
+from pipeline.verdict import Counts, StageTimings, TrackVerdict, Verdict, VerdictLabel
+from ralf.config import RALFConfig
+from ralf.model import RALF
+from ralf.weights import Calibration, load_weights
+
+__all__ = [
+    "INTERNAL_ERROR_PREFIX",
+    "RANDOM_WEIGHTS_WARNING",
+    "UNCALIBRATED_THRESHOLD_SOURCE",
+    "InferenceOutOfMemory",
+    "ProgressCallback",
+    "ScanInputError",
+    "Scanner",
+    "expected_samples",
+]
+
+RANDOM_WEIGHTS_WARNING = "weights are random: verdicts are meaningless until you train or import weights"
+UNCALIBRATED_THRESHOLD = 0.5
+UNCALIBRATED_THRESHOLD_SOURCE = "uncalibrated default (0.5)"
+INTERNAL_ERROR_PREFIX = "internal: "
+
+# progress(sampled frames done, sampled frames expected); the total is an estimate from the
+# container headers (0 when unknown) and may be exceeded slightly.
+ProgressCallback = Callable[[int, int], None]
+
+
+class ScanInputError(ValueError):
+    """The input is refused before or while decoding (too large, too long)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How scores become labels: P(fake) = sigmoid(logit / temperature), fake when P >= threshold."""
+
+    threshold: float
+    source: str
+    temperature: float = 1.0
+
+    @classmethod
+    def from_calibration(cls, calibration: Calibration | None) -> Decision:
+        """The calibrated threshold (stored on the logit) moved to the P(fake) scale of verdicts."""
+        if calibration is None:
+            return cls(UNCALIBRATED_THRESHOLD, UNCALIBRATED_THRESHOLD_SOURCE)
+        temperature = calibration.temperature or 1.0
+        threshold = 1.0 / (1.0 + math.exp(-calibration.threshold / temperature))
+        details = [calibration.method]
+        if calibration.target_fpr is not None:
+            details.append(f"target FPR {calibration.target_fpr:g}")
+        details.append(f"{calibration.level} level")
+        details.append(f"{calibration.num_real} real / {calibration.num_fake} fake")
+        details.append(calibration.date)
+        return cls(threshold, f"calibrated ({', '.join(details)})", temperature)
+
+    def probabilities(self, logits: torch.Tensor) -> list[float]:
+        return fake_probabilities(logits, self.temperature)
+
+
+def expected_samples(info: VideoInfo, sampling: Sampling) -> int:
+    """How many frames `sampling` keeps from a video like `info` (an estimate; 0 when unknown)."""
+    frames = info.num_frames
+    if frames is None and info.duration_s is not None:
+        frames = round(info.duration_s * info.fps)
+    if not frames:
+        return 0
+    if sampling.every_n is not None:
+        return math.ceil(frames / sampling.every_n)
+    if sampling.target_fps is not None:
+        duration = info.duration_s if info.duration_s is not None else frames / info.fps
+        return min(frames, max(1, math.ceil(duration * sampling.target_fps)))
+    if sampling.max_frames is not None:
+        return min(frames, sampling.max_frames)
+    return frames
+
+
+@dataclass
+class _FaceMeta:
+    track_id: int
+    frame_index: int
+    timestamp_s: float
+
+
+@dataclass
+class _ScanState:
+    """What one scan accumulates: scored faces, pending crops, counts and stage times."""
+
+    faces: list[FaceScore] = field(default_factory=list)
+    pending_crops: list[torch.Tensor] = field(default_factory=list)
+    pending_meta: list[_FaceMeta] = field(default_factory=list)
+    counts: Counts = field(default_factory=Counts)
+    timings: StageTimings = field(default_factory=StageTimings)
+    decoder: str = ""
+
+    @property
+    def pending(self) -> int:
+        return len(self.pending_meta)
+
+
+class Scanner:
+    """Loads weights, detector and engine once; `scan(path)` returns a `Verdict` for each video.
+
+    Without `weights` a randomly initialised RALF of `preset_if_random` is used: every verdict
+    then says `weights_random=True` and carries `RANDOM_WEIGHTS_WARNING`.
+    Setup problems (weights file missing or invalid, detector weights missing, CUDA asked for but
+    absent) raise ValueError subclasses from the constructor.
+    """
+
+    def __init__(
+        self, options: ScanOptions, weights: Path | None = None, *, preset_if_random: str = "paper"
+    ) -> None:
+        self.options = options
+        self.device = _resolve_device(options)
+        self.weights_path = weights
+        if weights is None:
+            model = RALF(RALFConfig.from_preset(preset_if_random)).eval()
+            self.model_version = f"random-{preset_if_random}"
+            self.weights_random = True
+            self.decision = Decision.from_calibration(None)
+        else:
+            model, metadata = load_weights(weights, self.device)
+            self.model_version = metadata.model_version
+            self.weights_random = False
+            self.decision = Decision.from_calibration(metadata.calibration)
+        self.image_size = model.config.image_size
+        self.detector: FaceDetector = build_detector(
+            options.detector,
+            self.device,
+            yolo_weights=options.yolo_weights,
+            min_face_size=options.min_face_size,
+            yolo_conf=options.min_face_score,
+        )
+        self.engine: InferenceEngine
+        self.engine, engine_warnings = load_engine(model, options, weights)
+        self.sampling = Sampling(
+            every_n=options.every_n, target_fps=options.target_fps, max_frames=options.max_frames
+        )
+        self.warnings = ([RANDOM_WEIGHTS_WARNING] if self.weights_random else []) + engine_warnings
+
+    @property
+    def threshold(self) -> float:
+        return self.decision.threshold
+
+    def warm_up(self) -> None:
+        """One dummy detection and forward pass, so the first real video does not pay for lazy setup."""
+        self.detector.detect(torch.zeros((1, 64, 64, 3), dtype=torch.uint8, device=self.device))
+        self.engine.logits(torch.zeros((1, 3, self.image_size, self.image_size), device=self.device))
+        _synchronize(self.device)
+
+    def scan(self, path: str | Path, progress: ProgressCallback | None = None) -> Verdict:
+        """The verdict for one video; bad input gives `label="error"`, never an exception."""
+        started = time.perf_counter()
+        path = Path(path)
+        state = _ScanState()
+        try:
+            self._check_size(path)
+            with open_video(
+                path,
+                backend=self.options.decoder,
+                sampling=self.sampling,
+                device=self.device,
+                chunk_size=self.options.chunk_size,
+            ) as stream:
+                self._check_duration(stream.info)
+                state.decoder = stream.backend
+                self._score_stream(stream, state, progress)
+        except (VideoDecodeError, ScanInputError) as error:
+            state.timings.total_s = time.perf_counter() - started
+            return self._verdict(path, state, label="error", error=str(error))
+
+        aggregate_started = time.perf_counter()
+        tracks = aggregate_tracks(
+            state.faces, self.options.aggregation, self.options.top_k, self.options.suspicious_frames
+        )
+        score = video_score(tracks)
+        state.counts.tracks = len(tracks)
+        state.timings.aggregate_s = time.perf_counter() - aggregate_started
+        state.timings.total_s = time.perf_counter() - started
+        return self._verdict(
+            path, state, label=video_label(score, self.decision.threshold), score=score, tracks=tracks
+        )
+
+    def internal_error_verdict(self, path: str | Path, error: BaseException) -> Verdict:
+        """An `error` verdict for a failure of the scanner itself (see the module docstring)."""
+        reason = f"{INTERNAL_ERROR_PREFIX}{type(error).__name__}: {error}"
+        return self._verdict(Path(path), _ScanState(), label="error", error=reason)
+
+    # -- stages -----------------------------------------------------------------------------------
+
+    def _check_size(self, path: Path) -> None:
+        if path.is_file() and path.stat().st_size > self.options.max_file_bytes:
+            raise ScanInputError(
+                f"file too large: {path.stat().st_size} bytes exceeds the limit of "
+                f"{self.options.max_file_bytes} bytes"
+            )
+
+    def _check_duration(self, info: VideoInfo) -> None:
+        if info.duration_s is not None and info.duration_s > self.options.max_duration_s:
+            raise ScanInputError(
+                f"video too long: {info.duration_s:.1f} s exceeds the limit of {self.options.max_duration_s:.0f} s"
+            )
+
+    def _score_stream(self, stream: VideoStream, state: _ScanState, progress: ProgressCallback | None) -> None:
+        tracker = IouTracker()
+        total = expected_samples(stream.info, self.sampling)
+        for batch in self._timed_batches(stream, state):
+            if batch.timestamps_s[-1] > self.options.max_duration_s:
+                # Headers can understate the length; the limit holds on what is actually decoded.
+                raise ScanInputError(f"video too long: exceeds the limit of {self.options.max_duration_s:.0f} s")
+            state.counts.frames_decoded += len(batch)
+            crops, meta = self._faces_in(batch, tracker, state)
+            state.pending_crops.append(crops)
+            state.pending_meta.extend(meta)
+            if state.pending >= self.options.batch_size:
+                self._infer_pending(state, keep_remainder=True)
+            if progress is not None:
+                progress(state.counts.frames_decoded, total)
+        self._infer_pending(state, keep_remainder=False)
+
+    def _timed_batches(self, stream: VideoStream, state: _ScanState) -> Iterator[FrameBatch]:
+        batches = iter(stream)
+        while True:
+            started = time.perf_counter()
+            batch = next(batches, None)
+            state.timings.decode_s += time.perf_counter() - started
+            if batch is None:
+                return
+            yield batch
+
+    def _faces_in(
+        self, batch: FrameBatch, tracker: IouTracker, state: _ScanState
+    ) -> tuple[torch.Tensor, list[_FaceMeta]]:
+        """Detect, track and crop the faces of one chunk of frames."""
+        started = time.perf_counter()
+        detections = self.detector.detect(batch.frames)
+        positions: list[int] = []
+        boxes: list[torch.Tensor] = []
+        meta: list[_FaceMeta] = []
+        for position, (found, index, timestamp) in enumerate(
+            zip(detections, batch.indices, batch.timestamps_s, strict=True)
+        ):
+            found = found.filter(found.scores >= self.options.min_face_score)
+            track_ids = tracker.update(index, timestamp, found.boxes)
+            positions.extend([position] * len(track_ids))
+            boxes.append(found.boxes.to(torch.float32))
+            meta.extend(_FaceMeta(track_id, index, timestamp) for track_id in track_ids)
+        _synchronize(self.device)
+        cropping = time.perf_counter()
+        state.timings.detect_s += cropping - started
+
+        crops = crop_faces(
+            batch.frames,
+            torch.tensor(positions, dtype=torch.int64),
+            torch.cat(boxes).cpu() if boxes else torch.zeros((0, 4)),
+            self.image_size,
+            self.options.margin,
+        )
+        _synchronize(self.device)
+        state.timings.crop_s += time.perf_counter() - cropping
+        state.counts.faces += len(meta)
+        return crops, meta
+
+    def _infer_pending(self, state: _ScanState, *, keep_remainder: bool) -> None:
+        """Score pending crops in whole batches; the remainder waits for more faces unless flushing."""
+        count = state.pending
+        ready = count - count % self.options.batch_size if keep_remainder else count
+        if ready == 0:
+            return
+        started = time.perf_counter()
+        crops = torch.cat(state.pending_crops) if len(state.pending_crops) > 1 else state.pending_crops[0]
+        logits = self.engine.logits(crops[:ready])
+        probabilities = self.decision.probabilities(logits)  # copies to the CPU, so it also synchronises
+        for meta, probability in zip(state.pending_meta[:ready], probabilities, strict=True):
+            state.faces.append(FaceScore(meta.track_id, meta.frame_index, meta.timestamp_s, probability))
+        state.pending_crops = [crops[ready:]] if ready < count else []
+        state.pending_meta = state.pending_meta[ready:]
+        state.timings.infer_s += time.perf_counter() - started
+
+    def _verdict(
+        self,
+        path: Path,
+        state: _ScanState,
+        *,
+        label: VerdictLabel,
+        score: float | None = None,
+        tracks: list[TrackVerdict] | None = None,
+        error: str | None = None,
+    ) -> Verdict:
+        return Verdict(
+            path=str(path),
+            label=label,
+            score=score,
+            threshold=self.decision.threshold,
+            threshold_source=self.decision.source,
+            model_version=self.model_version,
+            engine=self.engine.name,
+            decoder=state.decoder,
+            detector=self.detector.name,
+            weights_random=self.weights_random,
+            tracks=tracks or [],
+            counts=state.counts,
+            timings=state.timings,
+            error=error,
+            warnings=list(self.warnings),
+        )
+
+
+def _resolve_device(options: ScanOptions) -> torch.device:
+    device = torch.device(options.resolved_device())
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but no CUDA GPU is available (use --device cpu or auto)")
+    return device
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that stage timings measure the stage and not the launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
