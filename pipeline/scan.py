@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 RANDOM_WEIGHTS_WARNING = "weights are random: verdicts are meaningless until you train or import weights"
+RANDOM_WEIGHTS_SEED = 0
 UNCALIBRATED_THRESHOLD = 0.5
 UNCALIBRATED_THRESHOLD_SOURCE = "uncalibrated default (0.5)"
 INTERNAL_ERROR_PREFIX = "internal: "
@@ -146,8 +147,8 @@ class Scanner:
         self.device = _resolve_device(options)
         self.weights_path = weights
         if weights is None:
-            model = RALF(RALFConfig.from_preset(preset_if_random)).eval()
-            self.model_version = f"random-{preset_if_random}"
+            model = _random_model(preset_if_random)
+            self.model_version = f"random-{preset_if_random}-seed{RANDOM_WEIGHTS_SEED}"
             self.weights_random = True
             self.decision = Decision.from_calibration(None)
         else:
@@ -336,6 +337,13 @@ class Scanner:
             error=error,
             warnings=list(self.warnings),
         )
+
+
+def _random_model(preset: str) -> RALF:
+    """A RALF with seeded random weights: meaningless, but the same in every process and run."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        return RALF(RALFConfig.from_preset(preset)).eval()
 
 
 def _resolve_device(options: ScanOptions) -> torch.device:

@@ -1,0 +1,242 @@
+"""In-process scanning: `scan` (videos → verdicts), `demo` (a generated clip, no weights needed), `schema`.
+
+Exit codes of `scan`: 0 when every video is real or has no face, 1 when a fake was found,
+2 when any video could not be scanned (or the scanner could not be set up). An error outranks a
+fake: the run did not look at everything it was asked to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cli.app import app
+from pipeline.options import AggregationName, DecoderName, DetectorName, DeviceName, ScanOptions
+from pipeline.scan import INTERNAL_ERROR_PREFIX, ProgressCallback, Scanner
+from pipeline.synthetic import write_face_clip
+from pipeline.verdict import Verdict, verdict_json_schema
+from worker.settings import Settings
+
+out = Console()
+err = Console(stderr=True)
+
+EXIT_CLEAN, EXIT_FAKE, EXIT_ERROR = 0, 1, 2
+_LABEL_STYLE = {"fake": "bold red", "real": "green", "no_face": "yellow", "error": "bold magenta"}
+# Progress bars appear only for videos with at least this many sampled frames.
+_PROGRESS_MIN_FRAMES = 64
+
+
+def demo_dir() -> Path:
+    """Where `demo` writes its clip: $XDG_CACHE_HOME/ralf/demo (~/.cache/ralf/demo), kept for re-scanning."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    directory = cache / "ralf" / "demo"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def exit_code(verdicts: Sequence[Verdict]) -> int:
+    """0 all real / no face, 1 a fake found, 2 any error (errors outrank fakes)."""
+    labels = {v.label for v in verdicts}
+    if "error" in labels:
+        return EXIT_ERROR
+    return EXIT_FAKE if "fake" in labels else EXIT_CLEAN
+
+
+def verdict_table(verdicts: Sequence[Verdict], title: str | None = None) -> Table:
+    table = Table(title=title)
+    table.add_column("video", overflow="fold", ratio=2)
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("P(fake)", justify="right", no_wrap=True)
+    table.add_column("thresh.", justify="right", no_wrap=True)
+    table.add_column("faces", justify="right", no_wrap=True)
+    table.add_column("tracks", justify="right", no_wrap=True)
+    table.add_column("frames", justify="right", no_wrap=True)
+    table.add_column("time", justify="right", no_wrap=True)
+    table.add_column("details", overflow="fold", ratio=3)
+    for v in verdicts:
+        style = _LABEL_STYLE[v.label]
+        table.add_row(
+            escape(v.path),
+            f"[{style}]{v.label}[/{style}]",
+            "-" if v.score is None else f"{v.score:.3f}",
+            f"{v.threshold:.3f}",
+            str(v.counts.faces),
+            str(v.counts.tracks),
+            str(v.counts.frames_decoded),
+            f"{v.timings.total_s:.1f}s",
+            escape(_details(v)),
+        )
+    return table
+
+
+def _details(verdict: Verdict) -> str:
+    if verdict.label == "error":
+        return verdict.error or "unknown error"
+    if verdict.label == "no_face":
+        return "no face found in the sampled frames"
+    worst = max(verdict.tracks, key=lambda t: t.score)
+    times = ", ".join(f"{t:.1f}s" for t in worst.suspicious_times_s)
+    return f"most suspicious track {worst.track_id} ({worst.num_faces} faces): {times}"
+
+
+def _print_report(verdicts: Sequence[Verdict], title: str | None = None) -> None:
+    out.print(verdict_table(verdicts, title))
+    for warning in dict.fromkeys(w for v in verdicts for w in v.warnings):
+        out.print(f"[bold yellow]warning:[/bold yellow] {escape(warning)}")
+
+
+@contextmanager
+def _progress_bars(enabled: bool) -> Iterator[Progress]:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True, disable=not enabled) as progress:
+        yield progress
+
+
+def _progress_for(progress: Progress, path: Path) -> ProgressCallback:
+    task = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal task
+        if task is None:
+            if total < _PROGRESS_MIN_FRAMES:
+                return
+            task = progress.add_task(f"scanning {escape(path.name)}", total=total)
+        progress.update(task, completed=done, total=max(total, done))
+
+    return update
+
+
+def scan_all(scanner: Scanner, paths: Sequence[Path], *, show_progress: bool) -> list[Verdict]:
+    """One verdict per path; a failure of the scanner itself becomes an 'internal: ...' error verdict."""
+    verdicts = []
+    with _progress_bars(show_progress) as progress:
+        for path in paths:
+            try:
+                verdict = scanner.scan(path, progress=_progress_for(progress, path))
+            except Exception as exc:  # noqa: BLE001  (reported per video; the other videos still get scanned)
+                verdict = scanner.internal_error_verdict(path, exc)
+                err.print(f"[red]{escape(verdict.error or INTERNAL_ERROR_PREFIX)}[/red] while scanning {escape(str(path))}")
+            verdicts.append(verdict)
+    return verdicts
+
+
+def _scan_options(settings: Settings, overrides: dict[str, Any]) -> ScanOptions:
+    given = {name: value for name, value in overrides.items() if value is not None}
+    sampling = [name for name in ("target_fps", "every_n", "max_frames") if name in given]
+    if len(sampling) > 1:
+        raise typer.BadParameter("choose at most one of --fps, --every-n, --max-frames")
+    try:
+        return settings.scan_options(**given)
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        err.print(f"[red]invalid RALF_* settings:[/red]\n{escape(str(exc))}")
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+def _build_scanner(options: ScanOptions, weights: Path | None, preset: str) -> Scanner:
+    """The scanner, or exit 2 with the reason (missing weights, detector weights, no GPU, ...)."""
+    try:
+        return Scanner(options, weights, preset_if_random=preset)
+    except ValueError as exc:
+        err.print(f"[red]cannot set up the scanner:[/red] {escape(str(exc))}")
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+@app.command()
+def scan(
+    paths: Annotated[list[Path], typer.Argument(help="Video files to scan", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON verdict per line instead of a table")] = False,
+    weights: Annotated[
+        Path | None, typer.Option(help="RALF weights (.safetensors); default $RALF_WEIGHTS, else random weights")
+    ] = None,
+    device: Annotated[DeviceName | None, typer.Option(help="auto | cpu | cuda [default: $RALF_DEVICE or auto]")] = None,
+    decoder: Annotated[DecoderName | None, typer.Option(help="auto | dali | pyav [default: auto]")] = None,
+    detector: Annotated[DetectorName | None, typer.Option(help="mtcnn | yolo [default: mtcnn]")] = None,
+    yolo_weights: Annotated[Path | None, typer.Option(help="Local YOLO face weights (.pt) for --detector yolo")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Face crops per model forward [default: 32]")] = None,
+    fps: Annotated[float | None, typer.Option(min=0.001, help="Sample this many frames per second [default: 2]")] = None,
+    every_n: Annotated[int | None, typer.Option(min=1, help="Sample every n-th frame instead")] = None,
+    max_frames: Annotated[int | None, typer.Option(min=1, help="Sample at most this many frames, evenly")] = None,
+    aggregation: Annotated[
+        AggregationName | None, typer.Option(help="Track score from frame scores: mean | topk | median [default: mean]")
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Model preset for random weights (tiny | paper); ignored with weights")
+    ] = None,
+) -> None:
+    """Scan videos in this process and print a verdict per video (exit 0 clean, 1 fake found, 2 error)."""
+    settings = _load_settings()
+    options = _scan_options(
+        settings,
+        {
+            "device": device,
+            "decoder": decoder,
+            "detector": detector,
+            "yolo_weights": yolo_weights,
+            "batch_size": batch_size,
+            "target_fps": fps,
+            "every_n": every_n,
+            "max_frames": max_frames,
+            "aggregation": aggregation,
+        },
+    )
+    scanner = _build_scanner(options, weights or settings.weights, preset or settings.random_preset)
+    verdicts = scan_all(scanner, paths, show_progress=err.is_terminal)
+    if as_json:
+        for verdict in verdicts:
+            sys.stdout.write(verdict.model_dump_json() + "\n")
+    else:
+        _print_report(verdicts)
+    raise typer.Exit(exit_code(verdicts))
+
+
+@app.command()
+def demo(
+    device: Annotated[DeviceName, typer.Option(help="auto | cpu | cuda")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON instead of a table")] = False,
+) -> None:
+    """Generate a 2-second clip of a real face and scan it end to end with a tiny, randomly initialised model.
+
+    Needs no weights and no GPU. The verdict itself is meaningless (the weights are random); the demo
+    shows that decoding, face detection, tracking, batched inference and aggregation all work here.
+    """
+    clip = write_face_clip(demo_dir() / "astronaut.mp4", codec="h264", num_frames=48, fps=24.0, size=(320, 240))
+    scanner = _build_scanner(ScanOptions(device=device, every_n=2), None, "tiny")
+    verdict = scan_all(scanner, [clip], show_progress=False)[0]
+    pipeline_works = verdict.label in ("real", "fake")
+    if as_json:
+        sys.stdout.write(verdict.model_dump_json() + "\n")
+    else:
+        _print_report([verdict], title="ralf-cli demo: generated clip, tiny model with random weights")
+        if pipeline_works:
+            out.print(
+                "Pipeline OK: the face was found, tracked and scored. Scan your own videos with "
+                "[bold]ralf-cli scan VIDEO --weights WEIGHTS.safetensors[/bold]."
+            )
+        else:
+            err.print("[red]the demo clip shows a face, but the pipeline did not score it (see above)[/red]")
+    raise typer.Exit(EXIT_CLEAN if pipeline_works else EXIT_ERROR)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON schema of the verdict that `scan --json`, the workers and `result` return."""
+    sys.stdout.write(json.dumps(verdict_json_schema(), indent=2) + "\n")
