@@ -8,7 +8,9 @@ can generate them instead of shipping binary fixtures. Helpers for bad inputs
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
@@ -77,34 +79,41 @@ def _face_sprite(face_height: int) -> tuple[np.ndarray, np.ndarray]:
     return sprite.astype(np.float32), alpha
 
 
-def render_frames(
+def iter_frames(
     num_frames: int, size: tuple[int, int], *, face: bool = True, seed: int = 0
-) -> list[np.ndarray]:
-    """Upright RGB frames (uint8 (H, W, 3)); ``size`` is (width, height)."""
+) -> Iterator[np.ndarray]:
+    """Upright RGB frames (uint8 (H, W, 3)), one at a time; ``size`` is (width, height)."""
     width, height = size
     background = textured_background(width, height, seed)
     if not face:
         # Slow horizontal pan keeps a no-face clip from being a still image.
-        return [np.roll(background, shift=i * 2, axis=1) for i in range(num_frames)]
+        for i in range(num_frames):
+            yield np.roll(background, shift=i * 2, axis=1)
+        return
     sprite, alpha = _face_sprite(face_height=max(16, int(height * 0.55)))
     sh, sw = sprite.shape[:2]
     span_x, span_y = max(width - sw, 0), max(height - sh, 0)
-    frames = []
     for i in range(num_frames):
         t = 2 * math.pi * i / max(num_frames, 1)
         # Lissajous path around the centre: smooth, stays fully inside the frame.
         x0 = int(round(span_x * (0.5 + 0.35 * math.sin(t + seed))))
         y0 = int(round(span_y * (0.5 + 0.30 * math.sin(2 * t + seed))))
-        frame = background.astype(np.float32)
-        region = frame[y0 : y0 + sh, x0 : x0 + sw]
-        region[:] = alpha * sprite + (1.0 - alpha) * region
-        frames.append(frame.astype(np.uint8))
-    return frames
+        frame = background.copy()
+        region = frame[y0 : y0 + sh, x0 : x0 + sw].astype(np.float32)
+        frame[y0 : y0 + sh, x0 : x0 + sw] = (alpha * sprite + (1.0 - alpha) * region).astype(np.uint8)
+        yield frame
+
+
+def render_frames(
+    num_frames: int, size: tuple[int, int], *, face: bool = True, seed: int = 0
+) -> list[np.ndarray]:
+    """All frames of :func:`iter_frames` as a list (reference pixels for short clips)."""
+    return list(iter_frames(num_frames, size, face=face, seed=seed))
 
 
 def write_frames(
     path: str | Path,
-    frames: list[np.ndarray],
+    frames: Iterable[np.ndarray],
     *,
     codec: ClipCodec,
     fps: float = 12.0,
@@ -118,15 +127,18 @@ def write_frames(
     encoder, pix_fmt, options = _ENCODERS[codec]
     # The display matrix rotates stored pixels counter-clockwise by `rotation` for display.
     quarter_turns = (rotation // 90) % 4
-    stored = [np.ascontiguousarray(np.rot90(f, k=-quarter_turns)) for f in frames]
-    height, width = stored[0].shape[:2]
+    stored = (np.ascontiguousarray(np.rot90(f, k=-quarter_turns)) for f in frames)
+    first = next(stored, None)
+    if first is None:
+        raise ValueError("no frames to write")
+    height, width = first.shape[:2]
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(encoder, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.options = dict(options)
         if quarter_turns:
             stream.set_display_rotation(float(rotation))
-        for array in stored:
+        for array in itertools.chain([first], stored):
             for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
@@ -156,7 +168,7 @@ def write_face_clip(
     width, height = size
     if width % 2 or height % 2:
         raise ValueError(f"width and height must be even for 4:2:0 video, got {size}")
-    frames = render_frames(num_frames, size, face=face, seed=seed)
+    frames = iter_frames(num_frames, size, face=face, seed=seed)
     return write_frames(path, frames, codec=codec, fps=fps, rotation=rotation)
 
 

@@ -165,6 +165,7 @@ def _build_pipeline(dali_device: DaliDevice, device: torch.device, *, sequence_l
             sequence_length=sequence_length,
             device=dali_device,
             no_copy=True,  # DALI reads the memory-mapped file in place
+            affine=False,  # NVDEC threads float: pinning would pile every worker onto the same cores
             last_sequence_policy="partial",
         )
 

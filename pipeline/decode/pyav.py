@@ -19,7 +19,7 @@ from pipeline.decode.probe import (
 )
 from pipeline.decode.rotation import to_upright
 from pipeline.decode.sampling import FrameSelector, Sampling
-from pipeline.decode.types import FrameBatch, VideoInfo
+from pipeline.decode.types import FrameBatch, VideoDecodeError, VideoInfo
 
 
 class PyAVFrameSource:
@@ -83,9 +83,9 @@ class PyAVFrameSource:
         yield from assembler.flush()
 
 
-def _decode(container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path) -> Iterator[av.VideoFrame]:
-    from pipeline.decode.types import VideoDecodeError
-
+def _decode(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path
+) -> Iterator[av.VideoFrame]:
     decoded = 0
     try:
         for frame in container.decode(stream):
