@@ -218,8 +218,8 @@ def demo(
     Needs no weights and no GPU. The verdict itself is meaningless (the weights are random); the demo
     shows that decoding, face detection, tracking, batched inference and aggregation all work here.
     """
-    clip = write_face_clip(demo_dir() / "astronaut.mp4", codec="h264", num_frames=48, fps=24.0, size=(320, 240))
-    scanner = _build_scanner(ScanOptions(device=device, every_n=2), None, "tiny")
+    clip = write_face_clip(demo_dir() / "astronaut.mp4", codec="h264", num_frames=24, fps=12.0, size=(320, 240))
+    scanner = _build_scanner(ScanOptions(device=device, every_n=1), None, "tiny")
     verdict = scan_all(scanner, [clip], show_progress=False)[0]
     pipeline_works = verdict.label in ("real", "fake")
     if as_json:

@@ -1,0 +1,156 @@
+"""`ralf-cli scan`, `demo` and `schema`: bad inputs give clear verdicts and exit codes, never tracebacks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli.main import app
+from pipeline.options import ScanOptions
+from pipeline.scan import RANDOM_WEIGHTS_WARNING, Scanner
+from pipeline.verdict import Verdict, verdict_json_schema
+from ralf.config import RALFConfig
+from ralf.model import RALF
+from ralf.weights import Calibration, WeightsMetadata, save_weights
+
+runner = CliRunner()
+# Sample few frames: these tests are about outcomes and exit codes, not about accuracy.
+FAST = ["--device", "cpu", "--preset", "tiny", "--max-frames", "3"]
+
+BAD_INPUTS = {
+    "empty_file": "empty file (0 bytes)",
+    "truncated_clip": "truncated or corrupt video",
+    "truncated_mp4": "not a readable video file",
+    "text_as_video": "not a readable video file",
+    "audio_only_file": "no video stream",
+    "missing_path": "file not found",
+}
+
+
+def _invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    assert "Traceback" not in result.output
+    # Typer exits through SystemExit; anything else escaped the command as an exception.
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return result.exit_code, result.output
+
+
+def _json_verdicts(output: str) -> list[Verdict]:
+    return [Verdict.model_validate_json(line) for line in output.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def scanner() -> Scanner:
+    return Scanner(ScanOptions(device="cpu", max_frames=3), preset_if_random="tiny")
+
+
+@pytest.mark.parametrize(("fixture", "reason"), sorted(BAD_INPUTS.items()))
+def test_bad_input_gives_an_error_verdict(
+    scanner: Scanner, fixture: str, reason: str, request: pytest.FixtureRequest
+) -> None:
+    path = request.getfixturevalue(fixture)
+    verdict = scanner.scan(path)
+    assert verdict.label == "error"
+    assert verdict.error is not None and reason in verdict.error
+    assert not verdict.error.startswith("internal")
+    assert verdict.score is None and verdict.tracks == []
+
+
+@pytest.mark.parametrize("fixture", sorted(BAD_INPUTS))
+def test_bad_input_exits_2_without_traceback(fixture: str, request: pytest.FixtureRequest) -> None:
+    path = request.getfixturevalue(fixture)
+    code, output = _invoke("scan", str(path), "--json", *FAST)
+    assert code == 2
+    (verdict,) = _json_verdicts(output)
+    assert verdict.label == "error" and BAD_INPUTS[fixture] in (verdict.error or "")
+
+
+def test_faceless_video_exits_0_with_no_face(faceless_clip: Path) -> None:
+    code, output = _invoke("scan", str(faceless_clip), *FAST)
+    assert code == 0
+    assert "no_face" in output
+    assert RANDOM_WEIGHTS_WARNING.split(":")[0] in output
+
+
+def test_several_paths_one_json_line_each_and_error_wins(
+    face_clip_h264: Path, faceless_clip: Path, missing_path: Path
+) -> None:
+    code, output = _invoke("scan", str(face_clip_h264), str(faceless_clip), str(missing_path), "--json", *FAST)
+    verdicts = _json_verdicts(output)
+    assert [v.label for v in verdicts][1:] == ["no_face", "error"]
+    assert verdicts[0].label in ("real", "fake") and verdicts[0].counts.faces >= 1
+    assert all(v.weights_random for v in verdicts)
+    assert code == 2
+
+
+def test_fake_found_exits_1(tmp_path: Path, face_clip_h264: Path) -> None:
+    torch.manual_seed(0)
+    model = RALF(RALFConfig.tiny())
+    calibration = Calibration(
+        threshold=-20.0,  # every face scores above this logit: fake
+        method="eer",
+        achieved_tpr=0.5,
+        achieved_fpr=0.5,
+        level="frame",
+        dataset_fingerprint="test",
+        date="2025-01-01",
+        num_real=1,
+        num_fake=1,
+    )
+    weights = tmp_path / "everything-is-fake.safetensors"
+    save_weights(weights, model, WeightsMetadata(config=model.config, calibration=calibration))
+    code, output = _invoke("scan", str(face_clip_h264), "--weights", str(weights), "--device", "cpu", "--max-frames", "2")
+    assert code == 1
+    assert "fake" in output and "weights are random" not in output
+
+
+def test_setup_problems_exit_2_with_a_reason(tmp_path: Path, face_clip_h264: Path) -> None:
+    code, output = _invoke("scan", str(face_clip_h264), "--weights", str(tmp_path / "nope.safetensors"), *FAST)
+    assert code == 2 and "weights file not found" in output
+    code, output = _invoke("scan", str(face_clip_h264), "--detector", "yolo", *FAST)
+    assert code == 2 and "yolo" in output
+
+
+def test_conflicting_sampling_is_a_usage_error(face_clip_h264: Path) -> None:
+    code, output = _invoke("scan", str(face_clip_h264), "--fps", "2", "--every-n", "3", "--device", "cpu")
+    assert code == 2 and "at most one" in output
+
+
+def test_internal_failure_is_marked_internal(face_clip_h264: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: Scanner, path: Path, progress: object = None) -> Verdict:
+        raise RuntimeError("something inside broke")
+
+    monkeypatch.setattr(Scanner, "scan", broken)
+    code, output = _invoke("scan", str(face_clip_h264), "--json", *FAST)
+    assert code == 2
+    (verdict,) = _json_verdicts(output)
+    assert verdict.error == "internal: RuntimeError: something inside broke"
+
+
+def test_settings_supply_defaults(face_clip_h264: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RALF_RANDOM_PRESET", "tiny")
+    monkeypatch.setenv("RALF_DEVICE", "cpu")
+    monkeypatch.setenv("RALF_MAX_FRAMES", "2")
+    code, output = _invoke("scan", str(face_clip_h264), "--json")
+    (verdict,) = _json_verdicts(output)
+    assert verdict.model_version == "random-tiny-seed0"
+    assert verdict.counts.frames_decoded == 2
+    assert code in (0, 1)
+
+
+def test_demo_runs_without_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    code, output = _invoke("demo", "--device", "cpu")
+    assert code == 0
+    assert "weights are random" in output and "Pipeline OK" in output
+    assert (tmp_path / "ralf" / "demo" / "astronaut.mp4").is_file()
+
+
+def test_schema_prints_the_verdict_schema() -> None:
+    code, output = _invoke("schema")
+    assert code == 0
+    assert json.loads(output) == verdict_json_schema()

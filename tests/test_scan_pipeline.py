@@ -1,0 +1,213 @@
+"""Scanner end to end on generated clips: faces, tracks, decoders, batching, thresholds, limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.engine import InferenceOutOfMemory
+from pipeline.options import ScanOptions
+from pipeline.scan import (
+    RANDOM_WEIGHTS_WARNING,
+    UNCALIBRATED_THRESHOLD_SOURCE,
+    Scanner,
+    expected_samples,
+)
+from pipeline.decode import Sampling, VideoInfo
+from ralf.config import RALFConfig
+from ralf.model import RALF
+from ralf.weights import Calibration, WeightsMetadata, save_weights
+
+# 24 frames at 160x120: the face moves ~1/24 of its path between frames, so every sampled
+# frame overlaps the previous one and one track is expected.
+SMALL_CLIP = {"num_frames": 24, "fps": 12.0, "size": (160, 120)}
+
+
+def _scanner(**options: object) -> Scanner:
+    return Scanner(ScanOptions(**{"device": "cpu", "every_n": 1, **options}), preset_if_random="tiny")
+
+
+@pytest.fixture(scope="module")
+def scanner() -> Scanner:
+    return _scanner()
+
+
+@pytest.fixture(scope="module")
+def small_h264(make_clip) -> Path:  # type: ignore[no-untyped-def]
+    return make_clip("h264", **SMALL_CLIP)
+
+
+@pytest.fixture(scope="module")
+def small_vp9(make_clip) -> Path:  # type: ignore[no-untyped-def]
+    return make_clip("vp9", **SMALL_CLIP)
+
+
+@pytest.fixture(scope="module")
+def h264_verdict(scanner: Scanner, small_h264: Path):  # type: ignore[no-untyped-def]
+    return scanner.scan(small_h264)
+
+
+@pytest.mark.parametrize("codec_fixture", ["h264_verdict", "vp9_verdict"])
+def test_face_in_every_sampled_frame_gives_one_track(codec_fixture: str, request: pytest.FixtureRequest) -> None:
+    verdict = request.getfixturevalue(codec_fixture)
+    assert verdict.label in ("real", "fake"), verdict.error
+    assert verdict.counts.frames_decoded == SMALL_CLIP["num_frames"]
+    assert verdict.counts.faces == SMALL_CLIP["num_frames"]
+    assert verdict.counts.tracks == 1 and len(verdict.tracks) == 1
+    track = verdict.tracks[0]
+    assert track.num_faces == SMALL_CLIP["num_frames"]
+    assert track.first_time_s == pytest.approx(0.0)
+    assert track.last_time_s == pytest.approx((SMALL_CLIP["num_frames"] - 1) / SMALL_CLIP["fps"], abs=1e-3)
+    assert verdict.score == pytest.approx(track.score)
+    assert 0.0 < verdict.score < 1.0
+    assert verdict.label == ("fake" if verdict.score >= verdict.threshold else "real")
+    assert len(track.suspicious_times_s) == 3
+
+
+@pytest.fixture(scope="module")
+def vp9_verdict(small_vp9: Path):  # type: ignore[no-untyped-def]
+    return _scanner(decoder="dali").scan(small_vp9)
+
+
+def test_dali_cpu_and_pyav_give_the_same_verdict(vp9_verdict, small_vp9: Path) -> None:  # type: ignore[no-untyped-def]
+    pyav = _scanner(decoder="pyav").scan(small_vp9)
+    assert (vp9_verdict.decoder, pyav.decoder) == ("dali", "pyav")
+    assert pyav.label == vp9_verdict.label
+    assert pyav.counts == vp9_verdict.counts
+    assert pyav.score == pytest.approx(vp9_verdict.score, abs=0.01)
+    for dali_track, pyav_track in zip(vp9_verdict.tracks, pyav.tracks, strict=True):
+        assert pyav_track.score == pytest.approx(dali_track.score, abs=0.01)
+
+
+def test_batched_scan_equals_per_crop_scan(small_h264: Path) -> None:
+    # Batch 4 over 6 faces also exercises the remainder that waits for the final flush.
+    batched = _scanner(max_frames=6, every_n=None, batch_size=4).scan(small_h264)
+    one_at_a_time = _scanner(max_frames=6, every_n=None, batch_size=1).scan(small_h264)
+    assert batched.counts.faces == 6
+    assert one_at_a_time.counts == batched.counts
+    for batched_track, single_track in zip(batched.tracks, one_at_a_time.tracks, strict=True):
+        assert single_track.score == pytest.approx(batched_track.score, rel=1e-5, abs=1e-6)
+
+
+def test_verdict_reports_model_stages_and_random_weights(h264_verdict, scanner: Scanner) -> None:  # type: ignore[no-untyped-def]
+    assert h264_verdict.weights_random is True
+    assert RANDOM_WEIGHTS_WARNING in h264_verdict.warnings
+    assert h264_verdict.threshold == 0.5
+    assert h264_verdict.threshold_source == UNCALIBRATED_THRESHOLD_SOURCE
+    assert h264_verdict.model_version == scanner.model_version == "random-tiny-seed0"
+    assert (h264_verdict.engine, h264_verdict.decoder, h264_verdict.detector) == ("eager", "pyav", "mtcnn")
+    timings = h264_verdict.timings
+    assert timings.detect_s > 0 and timings.infer_s > 0
+    stages = timings.decode_s + timings.detect_s + timings.crop_s + timings.infer_s + timings.aggregate_s
+    assert stages <= timings.total_s
+
+
+def test_random_weights_are_the_same_in_every_scanner(scanner: Scanner) -> None:
+    torch.manual_seed(123)  # the global seed must not matter, and must not be changed
+    state_before = torch.random.get_rng_state()
+    again = _scanner()
+    assert torch.equal(torch.random.get_rng_state(), state_before)
+    first, second = scanner.engine.model.state_dict(), again.engine.model.state_dict()  # type: ignore[attr-defined]
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_progress_reports_sampled_frames(small_h264: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    scanner_small_chunks = _scanner(chunk_size=5, every_n=2)
+    verdict = scanner_small_chunks.scan(small_h264, progress=lambda done, total: calls.append((done, total)))
+    assert [done for done, _ in calls] == [5, 10, 12]
+    assert all(total == 12 for _, total in calls)
+    assert verdict.counts.frames_decoded == 12
+
+
+def test_faceless_video_is_no_face(scanner: Scanner, faceless_clip: Path) -> None:
+    verdict = scanner.scan(faceless_clip)
+    assert verdict.label == "no_face"
+    assert verdict.score is None and verdict.tracks == [] and verdict.error is None
+    assert verdict.counts.frames_decoded > 0 and verdict.counts.faces == 0
+
+
+def test_calibrated_threshold_comes_from_the_weights(tmp_path: Path, small_h264: Path) -> None:
+    torch.manual_seed(3)
+    model = RALF(RALFConfig.tiny())
+    calibration = Calibration(
+        threshold=-20.0,  # on the logit: every face is fake
+        method="target_fpr",
+        target_fpr=0.01,
+        achieved_tpr=0.9,
+        achieved_fpr=0.01,
+        level="video",
+        dataset_fingerprint="test",
+        date="2025-01-01",
+        num_real=10,
+        num_fake=10,
+    )
+    weights = tmp_path / "calibrated.safetensors"
+    metadata = save_weights(weights, model, WeightsMetadata(config=model.config, calibration=calibration))
+    calibrated = Scanner(ScanOptions(device="cpu", max_frames=4), weights)
+    assert calibrated.weights_random is False
+    verdict = calibrated.scan(small_h264)
+    assert verdict.model_version == metadata.model_version
+    assert verdict.threshold == pytest.approx(torch.sigmoid(torch.tensor(-20.0)).item())
+    assert verdict.threshold_source.startswith("calibrated (target_fpr")
+    assert verdict.label == "fake"
+    assert verdict.warnings == []
+
+
+def test_too_large_and_too_long_inputs_are_refused(small_h264: Path) -> None:
+    large = Scanner(ScanOptions(device="cpu", max_file_bytes=100), preset_if_random="tiny").scan(small_h264)
+    assert large.label == "error" and large.error.startswith("file too large")
+    long = Scanner(ScanOptions(device="cpu", max_duration_s=0.5), preset_if_random="tiny").scan(small_h264)
+    assert long.label == "error" and long.error.startswith("video too long")
+
+
+def test_out_of_memory_is_raised_for_a_retry(small_h264: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scanner = _scanner(every_n=None, max_frames=2)
+
+    def exhausted(crops: torch.Tensor) -> torch.Tensor:
+        raise InferenceOutOfMemory(scanner.engine.max_batch, torch.device("cuda"), "CUDA out of memory")
+
+    monkeypatch.setattr(scanner.engine, "logits", exhausted)
+    with pytest.raises(InferenceOutOfMemory):
+        scanner.scan(small_h264)
+
+
+def test_internal_failure_raises_and_has_its_own_verdict(small_h264: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scanner = _scanner()
+
+    def broken(frames: torch.Tensor) -> list:
+        raise RuntimeError("detector exploded")
+
+    monkeypatch.setattr(scanner.detector, "detect", broken)
+    with pytest.raises(RuntimeError, match="detector exploded"):
+        scanner.scan(small_h264)
+    verdict = scanner.internal_error_verdict(small_h264, RuntimeError("detector exploded"))
+    assert verdict.label == "error"
+    assert verdict.error == "internal: RuntimeError: detector exploded"
+
+
+def test_warm_up_runs(scanner: Scanner) -> None:
+    scanner.warm_up()
+
+
+@pytest.mark.parametrize(
+    ("sampling", "expected"),
+    [
+        (Sampling(), 240),
+        (Sampling(every_n=7), 35),
+        (Sampling(target_fps=2.0), 20),
+        (Sampling(max_frames=16), 16),
+        (Sampling(max_frames=1000), 240),
+    ],
+)
+def test_expected_samples(sampling: Sampling, expected: int) -> None:
+    info = VideoInfo(width=320, height=240, fps=24.0, duration_s=10.0, num_frames=240, codec="h264")
+    assert expected_samples(info, sampling) == expected
+
+
+def test_expected_samples_unknown_length_is_zero() -> None:
+    info = VideoInfo(width=320, height=240, fps=24.0, codec="h264")
+    assert expected_samples(info, Sampling(target_fps=2.0)) == 0
