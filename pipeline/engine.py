@@ -81,11 +81,10 @@ def load_engine(
     `weights_path` identifies the weights, so an engine that compiles ahead of time can cache its
     build next to them. Returns the engine and the warnings a verdict should carry.
     """
+    from pipeline.compiled import load_compiled_engine  # imported here: pipeline.compiled imports this module
+
     device = torch.device(options.resolved_device())
-    eager = EagerEngine(model, device, options.batch_size)
-    if options.engine in ("auto", "eager"):
-        return eager, []
-    return eager, [
-        f"inference engine {options.engine!r} was requested but is not available in this build; "
-        "using eager PyTorch"
-    ]
+    compiled, warnings = load_compiled_engine(model, options, weights_path, device)
+    if compiled is not None:
+        return compiled, warnings
+    return EagerEngine(model, device, options.batch_size), warnings
