@@ -77,3 +77,13 @@ def test_bad_arguments_are_rejected() -> None:
         crop_faces(frames, torch.tensor([5]), torch.tensor([[0.0, 0.0, 4.0, 4.0]]), size=4)
     with pytest.raises(ValueError, match="uint8"):
         crop_faces(frames.float(), torch.tensor([0]), torch.tensor([[0.0, 0.0, 4.0, 4.0]]), size=4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_crops_match_cpu() -> None:
+    frames = _coordinate_frames()
+    boxes = torch.tensor([[30.0, 20.0, 46.0, 36.0], [-5.0, -5.0, 20.0, 30.0]])
+    indices = torch.tensor([0, 1])
+    on_gpu = crop_faces(frames.cuda(), indices.cuda(), boxes.cuda(), size=24)
+    assert on_gpu.is_cuda
+    torch.testing.assert_close(on_gpu.cpu(), crop_faces(frames, indices, boxes, size=24), atol=1e-5, rtol=0)

@@ -181,3 +181,13 @@ def test_dlib_annotated_faces_are_found(detector: MtcnnDetector) -> None:
     assert found_faces >= 0.9 * total_faces
     assert float(np.mean(ious)) > 0.6
     assert extra <= 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu(detector: MtcnnDetector, astronaut: torch.Tensor) -> None:
+    frames = torch.stack([_on_canvas(astronaut, 40, 0), _on_canvas(astronaut, 100, 0)])
+    on_gpu = MtcnnDetector(device="cuda").detect(frames.cuda())
+    on_cpu = detector.detect(frames)
+    for gpu, cpu in zip(on_gpu, on_cpu):
+        assert gpu.boxes.is_cuda and len(gpu) == len(cpu) == 1
+        torch.testing.assert_close(gpu.boxes.cpu(), cpu.boxes, atol=1.0, rtol=0)
