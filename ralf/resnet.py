@@ -36,11 +36,6 @@ class ResNet(nn.Module):
         self.stem_widths = (32, 64)
         self.fc = nn.Linear(self.num_features, 1)
 
-    @property
-    def middle_flow_last_block(self) -> nn.Module:
-        """Counterpart of Xception's last middle-flow block for Grad-CAM: the last stage."""
-        return self.layer4
-
     def stem(self, x: Tensor) -> Tensor:
         return self.relu(self.bn1(self.conv1(x)))
 

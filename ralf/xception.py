@@ -79,7 +79,8 @@ class Xception(nn.Module):
 
     stem: conv1 (3->32, 3x3, stride 2, no padding), BN, ReLU, conv2 (32->64, 3x3), BN, ReLU:
     64 channels at (S-1)//2 - 2 (125 at S=256). `features_after_stem` ends at bn4 (pre-ReLU);
-    the classifier applies ReLU, global pooling and `fc`.
+    the classifier applies ReLU, global pooling and `fc`. `block_names[-2]` is the last block of
+    the middle flow, where the authors take Grad-CAM.
     """
 
     # DestructionGuidance mirrors the stem: same widths, same unpadded 3x3 convs.
@@ -117,11 +118,6 @@ class Xception(nn.Module):
         self.bn4 = nn.BatchNorm2d(exit3)
         self.fc = nn.Linear(exit3, 1)
         _init_weights(self)
-
-    @property
-    def middle_flow_last_block(self) -> nn.Module:
-        """Last block of the middle flow (where the authors take Grad-CAM)."""
-        return self.get_submodule(self.block_names[-2])
 
     def stem(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
