@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     worker_mode: WorkerMode = Field(
         "auto", description="fork: a work horse per job (CPU); in-process: jobs run in the worker (CUDA); auto: by device"
     )
+    torch_threads: int = Field(0, ge=0, description="CPU threads per scan; 0 = PyTorch's default (all cores)")
     worker_liveness_ttl_s: int = Field(
         15, ge=3, description="A worker silent this long is dead and its job is re-queued"
     )

@@ -1,0 +1,244 @@
+"""The job rq runs: `run_scan_job(payload) -> verdict dict`, both JSON, with one Scanner per process.
+
+Error policy (the queue retries exceptions, so only transient trouble may raise):
+- bad input found by the worker (outside its media roots, vanished file, refused download,
+  undecodable video) -> returns an `error` verdict: the job *succeeds*, nothing is retried;
+- transient trouble (network, 5xx, CUDA out of memory) -> raises; rq retries with back-off.
+  After out-of-memory the next attempt runs at half the batch size (kept in the job's meta).
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import RedisError
+from rq import get_current_job
+from rq.job import Job
+
+from pipeline.options import AggregationName, ScanOptions
+from pipeline.verdict import Verdict
+from worker.download import DownloadFailed, DownloadRefused, download
+from worker.settings import Priority, Settings
+from worker.sources import SourceKind, SourceRefused, check_local_path, check_url, sha256_file
+
+if TYPE_CHECKING:
+    from pipeline.scan import Scanner
+
+log = logging.getLogger(__name__)
+
+JOB_FUNCTION = "worker.jobs.run_scan_job"  # what rq imports in the worker; clients never import torch
+_PROGRESS_EVERY_S = 0.5
+
+
+class ScanOverrides(BaseModel):
+    """Per-job scan choices a client may make. Worker-level choices (device, engine, detector and
+    its weights, size limits) stay with the worker's settings: a payload must never pick a file to load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    every_n: int | None = Field(None, ge=1)
+    target_fps: float | None = Field(None, gt=0)
+    max_frames: int | None = Field(None, ge=1)
+    margin: float | None = Field(None, ge=0.0)
+    min_face_size: int | None = Field(None, ge=8)
+    min_face_score: float | None = Field(None, ge=0.0, le=1.0)
+    aggregation: AggregationName | None = None
+    top_k: int | None = Field(None, ge=1)
+    suspicious_frames: int | None = Field(None, ge=0)
+
+    def as_options(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class ScanJob(BaseModel):
+    """The payload of one queued scan, stored as JSON in the rq job."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(description="Resolved absolute path, or the http(s) URL")
+    kind: SourceKind
+    content_hash: str | None = Field(None, description="sha256 of the file at enqueue time (files only)")
+    model_version: str
+    options: ScanOverrides = Field(default_factory=ScanOverrides)
+    enqueued_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    priority: Priority = "default"
+
+    def identity(self) -> str:
+        """What makes two jobs the same: the content (or URL), the model and the scan choices."""
+        what = f"sha256:{self.content_hash}" if self.kind == "file" else f"url:{self.source}"
+        overrides = json.dumps(self.options.as_options(), sort_keys=True)
+        return f"{what}|{self.model_version}|{overrides}"
+
+
+def job_id_for(scan_job: ScanJob, key_prefix: str) -> str:
+    """Deterministic rq job id (letters, digits, '-' only, as rq requires)."""
+    return f"{key_prefix}-{hashlib.sha256(scan_job.identity().encode()).hexdigest()[:32]}"
+
+
+class TransientScanError(RuntimeError):
+    """Raised so that rq retries the job later (its retry policy decides how often and when)."""
+
+
+@lru_cache(maxsize=1)
+def worker_settings() -> Settings:
+    """Settings of this worker process, read once from RALF_* environment variables."""
+    return Settings()
+
+
+# --- one Scanner per process -------------------------------------------------------------------
+_scanner: Scanner | None = None
+_scanner_options: ScanOptions | None = None
+
+
+def build_scanner(settings: Settings, options: ScanOptions) -> Scanner:
+    from pipeline.scan import Scanner  # deferred: clients enqueue without importing torch
+
+    return Scanner(options, settings.weights, preset_if_random=settings.random_preset)
+
+
+def preload_scanner(settings: Settings, options: ScanOptions | None = None) -> Scanner:
+    """Load the model now (worker start), so jobs - and forked work horses - find it ready."""
+    return scanner_for(settings, options or settings.scan_options())
+
+
+def scanner_for(settings: Settings, options: ScanOptions) -> Scanner:
+    """The process's Scanner, rebuilt only when a job needs different options (e.g. after OOM)."""
+    global _scanner, _scanner_options
+    if _scanner is not None and _scanner_options == options:
+        return _scanner
+    if _scanner is not None:
+        _release_scanner()
+    log.info("loading scanner (weights=%s, device=%s)", settings.weights, options.device)
+    _scanner = build_scanner(settings, options)
+    _scanner_options = options
+    return _scanner
+
+
+def _release_scanner() -> None:
+    """Free the old model before loading another (two on one GPU is what caused the OOM)."""
+    global _scanner, _scanner_options
+    _scanner, _scanner_options = None, None
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --- progress ----------------------------------------------------------------------------------
+class JobProgress:
+    """Writes scan progress into the rq job's meta (throttled); best effort, never fails a job.
+
+    Called by `Scanner.scan` as progress(sampled frames done, sampled frames expected or 0).
+    """
+
+    def __init__(self, job: Job | None) -> None:
+        self.job = job
+        self._last = 0.0
+
+    def update(self, stage: str, done: int = 0, total: int = 0, *, force: bool = False) -> None:
+        if self.job is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < _PROGRESS_EVERY_S:
+            return
+        self._last = now
+        fraction = 1.0 if stage == "done" else (min(done / total, 1.0) if total > 0 else 0.0)
+        self.job.meta["progress"] = {"stage": stage, "frames_done": done, "frames_total": total, "fraction": fraction}
+        try:
+            self.job.save_meta()
+        except RedisError as exc:
+            log.warning("progress of %s not saved: %s", self.job.id, exc)
+
+    def __call__(self, done: int, total: int) -> None:
+        self.update("scanning", done, total)
+
+
+# --- the job -----------------------------------------------------------------------------------
+@contextmanager
+def local_copy(job: ScanJob, settings: Settings, progress: JobProgress) -> Iterator[Path]:
+    """A local file to scan: the checked path itself, or a download deleted afterwards."""
+    if job.kind == "file":
+        yield Path(check_local_path(job.source, settings.media_roots).location)
+        return
+    check_url(job.source)
+    progress.update("downloading", force=True)
+    path = download(
+        job.source, settings.download_dir, max_bytes=settings.download_max_bytes, timeout_s=settings.download_timeout_s
+    )
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def job_options(settings: Settings, job: ScanJob, rq_job: Job | None) -> ScanOptions:
+    overrides = job.options.as_options()
+    smaller_batch = rq_job.meta.get("batch_size") if rq_job is not None else None
+    if smaller_batch:
+        overrides["batch_size"] = int(smaller_batch)
+    return settings.scan_options(**overrides)
+
+
+def error_verdict(scanner: Scanner, source: str, reason: str) -> Verdict:
+    """An `error` verdict for input the worker refused before the scanner saw it."""
+    return Verdict(
+        path=source,
+        label="error",
+        threshold=scanner.threshold,
+        threshold_source=scanner.decision.source,
+        model_version=scanner.model_version,
+        engine=scanner.engine.name,
+        detector=scanner.detector.name,
+        weights_random=scanner.weights_random,
+        error=reason,
+        warnings=list(scanner.warnings),
+    )
+
+
+def scan_job(job: ScanJob, settings: Settings, rq_job: Job | None = None) -> Verdict:
+    """Run one payload to a verdict (the testable core of `run_scan_job`)."""
+    from pipeline.engine import InferenceOutOfMemory
+
+    options = job_options(settings, job, rq_job)
+    scanner = scanner_for(settings, options)
+    progress = JobProgress(rq_job)
+    warnings: list[str] = []
+    try:
+        with local_copy(job, settings, progress) as path:
+            if job.kind == "file" and job.content_hash and sha256_file(path) != job.content_hash:
+                warnings.append("the file changed after it was enqueued; the verdict is for its current content")
+            progress.update("scanning", force=True)
+            verdict = scanner.scan(path, progress=progress)
+    except (SourceRefused, DownloadRefused) as exc:
+        verdict = error_verdict(scanner, job.source, str(exc))
+    except DownloadFailed as exc:
+        raise TransientScanError(str(exc)) from exc
+    except InferenceOutOfMemory as exc:
+        smaller = max(1, exc.batch_size // 2)
+        if rq_job is not None:
+            rq_job.meta["batch_size"] = smaller
+            rq_job.save_meta()
+        raise TransientScanError(f"{exc}; the retry uses batch size {smaller}") from exc
+    if scanner.model_version != job.model_version:
+        warnings.append(f"enqueued for model {job.model_version}, scanned with {scanner.model_version}")
+    progress.update("done", force=True)
+    return verdict.model_copy(update={"path": job.source, "warnings": [*verdict.warnings, *warnings]})
+
+
+def run_scan_job(payload: dict[str, Any]) -> dict[str, Any]:
+    """Entry point rq calls with the JSON payload; returns the verdict as a JSON dict."""
+    job = ScanJob.model_validate(payload)
+    return scan_job(job, worker_settings(), get_current_job()).model_dump(mode="json")
+

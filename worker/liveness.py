@@ -1,0 +1,159 @@
+"""Fast detection of workers that died mid-job (SIGKILL, OOM killer, lost node), and re-queueing their jobs.
+
+rq finds abandoned jobs on its own, but late: a StartedJobRegistry entry expires only after the
+job monitoring interval + 60 s (forking worker) or the whole job timeout + 60 s (in-process worker,
+whose main thread is busy with the job). Our workers therefore publish a short-lived liveness key
+from a background thread; a worker whose key has expired is dead, and any of its jobs still marked
+started is handed back to rq's own abandoned-job path (retry if retries are left, else failed).
+Jobs of workers that never published liveness (plain `rq worker`) are left to rq's timing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.executions import Execution
+from rq.job import Job
+from rq.registry import StartedJobRegistry
+
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def alive_key(settings: Settings, worker_name: str) -> str:
+    return settings.key("alive", worker_name)
+
+
+def members_key(settings: Settings) -> str:
+    """Set of worker names that publish liveness (only their absence means death)."""
+    return settings.key("liveness-workers")
+
+
+class LivenessBeat:
+    """Refreshes `<prefix>:alive:<worker>` every ttl/3 seconds from a daemon thread; optionally reaps."""
+
+    def __init__(
+        self, connection: Redis, settings: Settings, worker_name: str, queues: list[Queue] | None = None
+    ) -> None:
+        self.connection = connection
+        self.settings = settings
+        self.worker_name = worker_name
+        self.queues = queues or []  # non-empty: also look for dead workers' jobs on every beat
+        self.interval_s = max(1.0, settings.worker_liveness_ttl_s / 3)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self) -> None:
+        with self.connection.pipeline() as pipe:
+            pipe.sadd(members_key(self.settings), self.worker_name)
+            pipe.set(alive_key(self.settings, self.worker_name), os.getpid(), ex=self.settings.worker_liveness_ttl_s)
+            pipe.execute()
+
+    def start(self) -> "LivenessBeat":
+        self.beat()
+        self._thread = threading.Thread(target=self._run, name=f"liveness-{self.worker_name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.beat()
+                if self.queues:
+                    requeue_abandoned(self.connection, self.settings, self.queues)
+            except RedisError as exc:  # Redis restarting: keep beating once it is back
+                log.warning("liveness beat of %s failed: %s", self.worker_name, exc)
+
+    def stop(self, *, forget: bool = True) -> None:
+        """Stop beating; `forget` also removes the worker's keys (clean shutdown)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        if forget:
+            try:
+                with self.connection.pipeline() as pipe:
+                    pipe.delete(alive_key(self.settings, self.worker_name))
+                    pipe.srem(members_key(self.settings), self.worker_name)
+                    pipe.execute()
+            except RedisError as exc:
+                log.warning("could not remove liveness keys of %s: %s", self.worker_name, exc)
+
+
+def _execution_worker(connection: Redis, job_id: str, execution_id: str, serializer: object) -> str:
+    try:
+        return Execution.fetch(execution_id, job_id, connection).worker_name
+    except ValueError:  # execution hash expired: the job remembers its last worker
+        try:
+            return Job.fetch(job_id, connection=connection, serializer=serializer).worker_name or ""
+        except Exception:  # noqa: BLE001 - a vanished job has nothing left to recover
+            return ""
+
+
+def dead_workers(connection: Redis, settings: Settings, names: set[str]) -> set[str]:
+    """Those of `names` that published liveness once and whose key has expired since."""
+    candidates = [n for n in names if n and connection.sismember(members_key(settings), n)]
+    if not candidates:
+        return set()
+    with connection.pipeline() as pipe:
+        for name in candidates:
+            pipe.exists(alive_key(settings, name))
+        flags = pipe.execute()
+    return {name for name, flag in zip(candidates, flags) if not flag}
+
+
+def requeue_abandoned(connection: Redis, settings: Settings, queues: list[Queue]) -> list[str]:
+    """Hand jobs of dead liveness-publishing workers to rq's abandoned-job handling; returns their ids.
+
+    rq's `StartedJobRegistry.cleanup` retries a job with retries left and fails the others, with the
+    usual callbacks; we only mark the dead executions as expired (score 0) so that cleanup picks them
+    up now instead of a minute or more later. A lock keeps concurrent reapers from racing.
+    """
+    lock = connection.lock(settings.key("reaper-lock"), timeout=30, blocking=False)
+    if not lock.acquire(blocking=False):
+        return []
+    recovered: list[str] = []
+    try:
+        for queue in queues:
+            registry = StartedJobRegistry(queue=queue)
+            entries = registry.get_job_and_execution_ids(cleanup=False)
+            if not entries:
+                continue
+            owners = {
+                (job_id, exec_id): _execution_worker(connection, job_id, exec_id, queue.serializer)
+                for job_id, exec_id in entries
+            }
+            dead = dead_workers(connection, settings, set(owners.values()))
+            expired = [f"{job_id}:{exec_id}" for (job_id, exec_id), owner in owners.items() if owner in dead]
+            if not expired:
+                continue
+            connection.zadd(registry.key, {key: 0 for key in expired}, xx=True)
+            registry.cleanup(timestamp=1)  # only the entries scored 0 above are old enough
+            recovered.extend(key.split(":", 1)[0] for key in expired)
+            log.warning("re-queued jobs of dead workers %s: %s", sorted(dead), recovered)
+        for name in _forgettable(connection, settings):
+            connection.srem(members_key(settings), name)
+    finally:
+        try:
+            lock.release()
+        except Exception:  # noqa: BLE001 - lock expired meanwhile: nothing to release
+            pass
+    return recovered
+
+
+def _forgettable(connection: Redis, settings: Settings) -> list[str]:
+    """Dead members that own no started job any more (their jobs were just handled)."""
+    names = [n.decode() if isinstance(n, bytes) else n for n in connection.smembers(members_key(settings))]
+    if not names:
+        return []
+    with connection.pipeline() as pipe:
+        for name in names:
+            pipe.exists(alive_key(settings, name))
+        flags = pipe.execute()
+    return [name for name, flag in zip(names, flags) if not flag]
+

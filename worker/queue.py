@@ -1,0 +1,278 @@
+"""Client side of the queue: enqueue scans, read their state and verdicts back. JSON only, never pickle.
+
+Nothing here imports torch or loads a model: enqueueing hashes the file, probes its duration (for
+the job timeout) and reads the model version from the weights file header.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+from redis import Redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry as RedisRetry
+from rq import Queue, Retry
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.results import Result
+from rq.serializers import JSONSerializer
+
+from pipeline.verdict import Verdict
+from worker.jobs import JOB_FUNCTION, ScanJob, ScanOverrides, job_id_for
+from worker.liveness import requeue_abandoned
+from worker.settings import PRIORITIES, Priority, Settings
+from worker.sources import SourceRefused, check_source, sha256_file
+
+
+class JobNotFound(LookupError):
+    """No job with this id (never enqueued, or its result TTL has passed)."""
+
+
+class EnqueueRefused(ValueError):
+    """The job cannot be (re)placed; the message says why."""
+
+
+def connect(settings: Settings) -> Redis:
+    """Redis client retrying commands with exponential back-off on connection errors (Redis restarts)."""
+    retry = RedisRetry(ExponentialWithJitterBackoff(base=0.2, cap=5.0), settings.redis_retries)
+    return Redis.from_url(settings.redis_url, retry=retry, socket_connect_timeout=5, health_check_interval=30)
+
+
+def scan_queue(settings: Settings, connection: Redis, priority: Priority = "default") -> Queue:
+    return Queue(settings.queue_name(priority), connection=connection, serializer=JSONSerializer)
+
+
+def all_queues(settings: Settings, connection: Redis) -> list[Queue]:
+    return [scan_queue(settings, connection, p) for p in PRIORITIES]
+
+
+def model_version(settings: Settings) -> str:
+    """The version the workers will scan with, from the weights file header (no model is built)."""
+    if settings.weights is None:
+        return f"random-{settings.random_preset}"
+    from ralf.weights import WeightsError, read_metadata
+
+    try:
+        return read_metadata(settings.weights).model_version
+    except WeightsError as exc:
+        raise EnqueueRefused(f"cannot read the model version from RALF_WEIGHTS: {exc}") from None
+
+
+def job_timeout_s(settings: Settings, duration_s: float | None) -> int:
+    """rq job timeout: base + seconds per second of video; the default when the duration is unknown."""
+    if duration_s is None:
+        return settings.job_timeout_default_s
+    return int(settings.job_timeout_base_s + settings.job_timeout_per_video_s * duration_s)
+
+
+def probe_duration(path: str) -> float | None:
+    """Video duration in seconds, or None when the file cannot be probed (the worker will say why)."""
+    from pipeline.decode.probe import probe_video
+    from pipeline.decode.types import VideoDecodeError
+
+    try:
+        return probe_video(path).duration_s
+    except VideoDecodeError:
+        return None
+
+
+def retry_policy(settings: Settings) -> Retry | None:
+    if settings.retry_max < 1:
+        return None
+    return Retry(max=settings.retry_max, interval=settings.retry_intervals_s or 0)
+
+
+class EnqueuedJob(BaseModel):
+    job_id: str
+    source: str
+    queue: str
+    status: str
+    created: bool  # False: the same video/model/options was already enqueued, this is that job
+    timeout_s: int | None = None
+
+
+def build_scan_job(
+    text: str,
+    settings: Settings,
+    *,
+    version: str,
+    priority: Priority = "default",
+    overrides: ScanOverrides | None = None,
+) -> tuple[ScanJob, float | None]:
+    """Validate one input and describe it as a payload; raises SourceRefused with a clear message."""
+    source = check_source(text, settings.media_roots)
+    content_hash = sha256_file(source.location) if source.kind == "file" else None
+    duration = probe_duration(source.location) if source.kind == "file" else None
+    payload = ScanJob(
+        source=source.location,
+        kind=source.kind,
+        content_hash=content_hash,
+        model_version=version,
+        options=overrides or ScanOverrides(),
+        priority=priority,
+    )
+    return payload, duration
+
+
+def enqueue_scan(
+    connection: Redis,
+    settings: Settings,
+    text: str,
+    *,
+    priority: Priority = "default",
+    force: bool = False,
+    overrides: ScanOverrides | None = None,
+    version: str | None = None,
+) -> EnqueuedJob:
+    """One job per video; the same video (content), model and options map to the same job id."""
+    payload, duration = build_scan_job(
+        text, settings, version=version or model_version(settings), priority=priority, overrides=overrides
+    )
+    job_id = job_id_for(payload, settings.key_prefix)
+    queue = scan_queue(settings, connection, priority)
+    if force:
+        _drop_for_force(connection, job_id)
+    timeout = job_timeout_s(settings, duration)
+    try:
+        job = queue.enqueue(
+            JOB_FUNCTION,
+            payload.model_dump(mode="json"),
+            job_id=job_id,
+            unique=True,  # atomic check-and-create: concurrent clients cannot double-enqueue
+            job_timeout=timeout,
+            result_ttl=settings.result_ttl_s,
+            failure_ttl=settings.failure_ttl_s,
+            retry=retry_policy(settings),
+            description=f"scan {payload.source}",
+        )
+    except DuplicateJobError:
+        existing = fetch_job(connection, job_id)
+        return EnqueuedJob(
+            job_id=job_id,
+            source=payload.source,
+            queue=existing.origin,
+            status=_status(existing),
+            created=False,
+            timeout_s=existing.timeout,
+        )
+    return EnqueuedJob(
+        job_id=job.id, source=payload.source, queue=queue.name, status=_status(job), created=True, timeout_s=timeout
+    )
+
+
+def _drop_for_force(connection: Redis, job_id: str) -> None:
+    try:
+        job = fetch_job(connection, job_id)
+    except JobNotFound:
+        return
+    if job.get_status() == JobStatus.STARTED:
+        raise EnqueueRefused(f"job {job_id} is running right now; --force can only replace a job that is not running")
+    job.delete()
+
+
+def fetch_job(connection: Redis, job_id: str) -> Job:
+    try:
+        return Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    except NoSuchJobError:
+        raise JobNotFound(f"no job {job_id!r} (never enqueued, or its result has expired)") from None
+
+
+def _status(job: Job) -> str:
+    status = job.get_status(refresh=False)
+    return str(status.value if isinstance(status, JobStatus) else status or "unknown")
+
+
+class JobState(BaseModel):
+    job_id: str
+    status: str
+    source: str
+    queue: str
+    progress: float | None = None
+    stage: str | None = None
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    worker: str | None = None
+    retries_left: int | None = None
+    error: str | None = None  # why the job failed (failed jobs only)
+    verdict_label: str | None = None
+
+
+def _payload_source(job: Job) -> str:
+    args = job.args or ()
+    if args and isinstance(args[0], dict):
+        return str(args[0].get("source", "?"))
+    return "?"
+
+
+def failure_reason(job: Job) -> str | None:
+    result = job.latest_result()
+    text = result.exc_string if result is not None and result.type == Result.Type.FAILED else job.exc_info
+    if not text:
+        return None
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+def job_state(job: Job) -> JobState:
+    job.refresh()
+    status = _status(job)
+    progress = job.meta.get("progress") or {}
+    verdict = job_verdict(job) if status == JobStatus.FINISHED.value else None
+    return JobState(
+        job_id=job.id,
+        status=status,
+        source=_payload_source(job),
+        queue=job.origin,
+        progress=progress.get("fraction"),
+        stage=progress.get("stage"),
+        enqueued_at=job.enqueued_at,
+        started_at=job.started_at,
+        ended_at=job.ended_at,
+        worker=job.worker_name,
+        retries_left=job.retries_left,
+        error=failure_reason(job) if status == JobStatus.FAILED.value else None,
+        verdict_label=verdict.label if verdict is not None else None,
+    )
+
+
+def job_verdict(job: Job) -> Verdict | None:
+    """The stored verdict of a finished job (None while it is not finished)."""
+    value: Any = job.return_value(refresh=True)
+    if value is None:
+        return None
+    return Verdict.model_validate(value)
+
+
+def list_jobs(connection: Redis, settings: Settings, *, failed: bool = False) -> list[JobState]:
+    """Jobs across the three queues: failed ones only, or everything queued, running, waiting or done."""
+    queues = all_queues(settings, connection)
+    requeue_abandoned(connection, settings, queues)  # dead workers' jobs show up as re-queued, not running
+    ids: list[str] = []
+    for queue in queues:
+        if failed:
+            ids += FailedJobRegistry(queue=queue).get_job_ids()
+            continue
+        ids += queue.get_job_ids()
+        for registry in (StartedJobRegistry, ScheduledJobRegistry, FinishedJobRegistry, FailedJobRegistry):
+            ids += registry(queue=queue).get_job_ids()
+    jobs = Job.fetch_many(list(dict.fromkeys(ids)), connection=connection, serializer=JSONSerializer)
+    return [job_state(job) for job in jobs if job is not None]
+
+
+__all__ = [
+    "EnqueueRefused",
+    "EnqueuedJob",
+    "JobNotFound",
+    "JobState",
+    "SourceRefused",
+    "connect",
+    "enqueue_scan",
+    "fetch_job",
+    "job_state",
+    "job_verdict",
+    "list_jobs",
+]
