@@ -90,6 +90,12 @@ def test_min_face_size_skips_small_faces(astronaut: torch.Tensor) -> None:
     assert len(MtcnnDetector(min_face_size=60).detect(frame)[0]) == 0
 
 
+def test_building_leaves_global_rng_alone() -> None:
+    state = torch.random.get_rng_state()
+    MtcnnDetector()
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
 def test_factory_and_protocol(detector: MtcnnDetector) -> None:
     built = build_detector("mtcnn", device="cpu", min_face_size=40)
     assert isinstance(built, FaceDetector) and isinstance(detector, FaceDetector)

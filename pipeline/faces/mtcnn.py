@@ -144,11 +144,14 @@ class MtcnnDetector(nn.Module):
         self.thresholds = tuple(float(t) for t in thresholds)
         self.frames_per_pass = frames_per_pass
         self.patches_per_pass = patches_per_pass
-        self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
+        # Built on the meta device: random initialisation would be overwritten anyway, and must not
+        # consume the global RNG (callers rely on seeding it themselves).
+        with torch.device("meta"):
+            self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
+        self.to_empty(device=device)
         for net, name in ((self.pnet, "pnet"), (self.rnet, "rnet"), (self.onet, "onet")):
             load_keras_arrays(net, load_net_arrays(name))
         self.eval().requires_grad_(False)
-        self.to(device)
 
     @property
     def name(self) -> str:
