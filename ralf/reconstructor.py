@@ -93,7 +93,9 @@ class AsymmetricFeatureFusion(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(ConvAct(in_channels, out_channels, 1), ConvAct(out_channels, out_channels, 3, relu=False))
+        self.body = nn.Sequential(
+            ConvAct(in_channels, out_channels, 1), ConvAct(out_channels, out_channels, 3, relu=False)
+        )
 
     def forward(self, full: Tensor, half: Tensor, quarter: Tensor) -> Tensor:
         return self.body(torch.cat([full, half, quarter], dim=1))
@@ -110,14 +112,20 @@ class MIMOUNet(nn.Module):
             raise ValueError(f"reconstructor base_channels must exceed {in_channels // 2}, got {base}")
         self.embedding_dim = config.embedding_dim
         self.stem = ConvAct(in_channels, base, 3)
-        self.encoders = nn.ModuleList([res_stage(base, blocks), res_stage(2 * base, blocks), res_stage(4 * base, blocks)])
+        widths = (base, 2 * base, 4 * base)
+        self.encoders = nn.ModuleList([res_stage(c, blocks) for c in widths])
         self.downsample = nn.ModuleList([ConvAct(base, 2 * base, 3, stride=2), ConvAct(2 * base, 4 * base, 3, stride=2)])
-        self.shallow = nn.ModuleList([ShallowConvModule(2 * base, in_channels), ShallowConvModule(4 * base, in_channels)])
-        self.fam = nn.ModuleList([FeatureAttentionModule(2 * base), FeatureAttentionModule(4 * base)])
-        self.aff = nn.ModuleList([AsymmetricFeatureFusion(7 * base, base), AsymmetricFeatureFusion(7 * base, 2 * base)])
-        self.decoders = nn.ModuleList([res_stage(4 * base, blocks), res_stage(2 * base, blocks), res_stage(base, blocks)])
+        # Index 0 works at 1/2 scale, index 1 at 1/4 scale.
+        self.shallow = nn.ModuleList([ShallowConvModule(c, in_channels) for c in widths[1:]])
+        self.fam = nn.ModuleList([FeatureAttentionModule(c) for c in widths[1:]])
+        # Index 0 feeds the full-scale decoder skip, index 1 the 1/2-scale one.
+        self.aff = nn.ModuleList([AsymmetricFeatureFusion(7 * base, c) for c in widths[:2]])
+        self.decoders = nn.ModuleList([res_stage(c, blocks) for c in reversed(widths)])
         self.upsample = nn.ModuleList(
-            [ConvAct(4 * base, 2 * base, 4, stride=2, transpose=True), ConvAct(2 * base, base, 4, stride=2, transpose=True)]
+            [
+                ConvAct(4 * base, 2 * base, 4, stride=2, transpose=True),
+                ConvAct(2 * base, base, 4, stride=2, transpose=True),
+            ]
         )
         self.fuse = nn.ModuleList([ConvAct(4 * base, 2 * base, 1), ConvAct(2 * base, base, 1)])
         self.head = ConvAct(base, in_channels, 3, relu=False)
@@ -137,7 +145,9 @@ class MIMOUNet(nn.Module):
 
         quarter_to_half = F.interpolate(enc_quarter, scale_factor=2.0)
         skip_half = self.aff[1](F.interpolate(enc_full, scale_factor=0.5), enc_half, quarter_to_half)
-        skip_full = self.aff[0](enc_full, F.interpolate(enc_half, scale_factor=2.0), F.interpolate(quarter_to_half, scale_factor=2.0))
+        skip_full = self.aff[0](
+            enc_full, F.interpolate(enc_half, scale_factor=2.0), F.interpolate(quarter_to_half, scale_factor=2.0)
+        )
 
         z = self.upsample[0](self.decoders[0](enc_quarter))
         z = self.upsample[1](self.decoders[1](self.fuse[0](torch.cat([z, skip_half], dim=1))))
