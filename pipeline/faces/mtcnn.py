@@ -94,7 +94,8 @@ def nms_min_overlap(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Ten
 
 def crop_patches(images: torch.Tensor, frame_ids: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear `size`×`size` patches spanning each box corner to corner, as TF's crop_and_resize does
-    for the box coordinates the Keras package passes it (pixel / image size); zeros beyond the image.
+    for the box coordinates the Keras package passes it (pixel / image size). Samples beyond the image
+    are zeros (roi_align repeats the edge pixel within one pixel of the border, crop_and_resize does not).
 
     roi_align with one sample per bin places sample i at start + (i + 0.5) * bin - 0.5 (aligned=True),
     so the box is shifted and stretched to put the samples on crop_and_resize's grid.
