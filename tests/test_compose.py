@@ -1,0 +1,115 @@
+"""compose.yaml and the Dockerfile only use commands, flags and RALF_* variables that exist in the project."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import typer.main
+import yaml
+from rq.cli.cli import main as rq_main
+from rq.serializers import JSONSerializer, resolve_serializer
+from rq.utils import import_attribute
+
+from cli.main import app
+from worker.settings import Settings, settings_env_names
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
+SERVICES = COMPOSE["services"]
+_ENV_REFERENCE = re.compile(r"\$\$?\{?(RALF_[A-Z0-9_]+)")
+
+
+def argv_of(command: list[str] | str) -> list[str]:
+    """The program's argv, looking through `sh -c "exec ..."` wrappers."""
+    argv = shlex.split(command) if isinstance(command, str) else list(command)
+    if argv[:2] == ["sh", "-c"]:
+        argv = shlex.split(argv[2])
+    return argv[1:] if argv and argv[0] == "exec" else argv
+
+
+def check_ralf_cli(args: list[str]) -> None:
+    group = typer.main.get_command(app)  # typer's own (vendored) click group
+    name, *rest = args
+    assert name in group.commands, f"ralf-cli has no command {name!r}"
+    # Parsing (not invoking) raises on unknown options or bad values.
+    group.commands[name].make_context(name, list(rest))
+
+
+def check_rq_worker(args: list[str]) -> None:
+    assert args[0] == "worker", args
+    command = rq_main.commands["worker"]
+    context = command.make_context("worker", [a.replace("$$", "$") for a in args[1:]])
+    params = context.params
+    assert tuple(params["queues"]) == tuple(Settings().queue_names), "worker must drain high, default, low in order"
+    assert resolve_serializer(params["serializer"]) is JSONSerializer, "jobs must travel as JSON"
+    assert params["url"] == '$RALF_REDIS_URL'
+    import_attribute(params["worker_class"])
+
+
+def commands() -> list[tuple[str, list[str]]]:
+    found = [(name, argv_of(service["command"])) for name, service in SERVICES.items() if "command" in service]
+    dockerfile_cmd = [
+        line.removeprefix("CMD").strip() for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD")
+    ]
+    found += [("Dockerfile", json.loads(cmd)) for cmd in dockerfile_cmd]
+    return found
+
+
+@pytest.mark.parametrize(("where", "argv"), commands(), ids=[w for w, _ in commands()])
+def test_every_command_exists(where: str, argv: list[str]) -> None:
+    program, *args = argv
+    if program == "ralf-cli":
+        check_ralf_cli(args)
+    elif program == "rq":
+        check_rq_worker(args)
+    elif program == "redis-server":
+        assert "--appendonly" in args and args[args.index("--appendonly") + 1] == "yes"
+    else:
+        pytest.fail(f"{where}: unexpected program {program!r}")
+
+
+def test_both_documented_worker_commands_are_used() -> None:
+    programs = {argv[0] for _, argv in commands()}
+    assert {"ralf-cli", "rq", "redis-server"} <= programs
+
+
+def test_every_ralf_variable_is_a_setting() -> None:
+    text = (ROOT / "compose.yaml").read_text() + (ROOT / "Dockerfile").read_text()
+    names = set(_ENV_REFERENCE.findall(text))
+    for service in SERVICES.values():
+        names |= {key for key in service.get("environment", {}) if key.startswith("RALF_")}
+    assert names, "compose.yaml configures nothing?"
+    unknown = names - settings_env_names()
+    assert not unknown, f"not Settings fields: {sorted(unknown)}"
+
+
+def test_worker_environment_parses(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in SERVICES["worker"]["environment"].items():
+        monkeypatch.setenv(key, str(value))
+    settings = Settings()
+    assert settings.device == "cuda" and settings.media_roots == [Path("/media")]
+    assert settings.redis_url == "redis://redis:6379/0"
+
+
+def test_redis_is_persistent_and_health_checked() -> None:
+    redis = SERVICES["redis"]
+    assert "appendonly" in " ".join(redis["command"])
+    assert any(volume.endswith(":/data") for volume in redis["volumes"])
+    assert "redis-cli" in " ".join(redis["healthcheck"]["test"])
+
+
+@pytest.mark.parametrize("name", ["worker", "rq-worker"])
+def test_worker_service_is_a_scalable_gpu_service(name: str) -> None:
+    service = SERVICES[name]
+    assert (ROOT / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
+    devices = service["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+    mounts = {volume.rsplit(":", 2)[-2] for volume in service["volumes"]}
+    assert {"/weights", "/media"} <= mounts
+    # --scale worker=N needs no fixed container name and no published host port.
+    assert "container_name" not in service and "ports" not in service
+    assert service["depends_on"]["redis"]["condition"] == "service_healthy"
