@@ -1,0 +1,139 @@
+"""The job payload, idempotent ids and `scan_job` (the worker side without Redis), on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from pipeline import synthetic
+from pipeline.engine import InferenceOutOfMemory
+from pipeline.scan import Scanner
+from ralf.config import RALFConfig
+from ralf.model import RALF
+from ralf.weights import save_weights
+from worker import jobs
+from worker.jobs import ScanJob, ScanOverrides, TransientScanError, job_id_for, scan_job
+from worker.queue import model_version
+from worker.settings import Settings
+from worker.sources import sha256_file
+
+
+def payload(**changes: Any) -> ScanJob:
+    base: dict[str, Any] = {
+        "source": "/media/a.mp4",
+        "kind": "file",
+        "content_hash": "ab" * 32,
+        "model_version": "ralf-tiny-123",
+    }
+    return ScanJob(**{**base, **changes})
+
+
+def test_payload_is_plain_json() -> None:
+    job = payload(options=ScanOverrides(max_frames=4))
+    data = job.model_dump(mode="json")
+    assert ScanJob.model_validate(json.loads(json.dumps(data))) == job
+
+
+@pytest.mark.parametrize("field", ["device", "yolo_weights", "engine", "batch_size", "bogus"])
+def test_overrides_cannot_choose_worker_level_options(field: str) -> None:
+    with pytest.raises(ValidationError):
+        ScanOverrides.model_validate({field: "x"})
+
+
+def test_job_id_is_deterministic_and_rq_safe() -> None:
+    first, second = job_id_for(payload(), "ralf"), job_id_for(payload(), "ralf")
+    assert first == second and first.startswith("ralf-") and first.replace("-", "").isalnum()
+    # enqueue time and priority do not make a different job; content, model and options do
+    assert job_id_for(payload(priority="high"), "ralf") == first
+    assert job_id_for(payload(content_hash="cd" * 32), "ralf") != first
+    assert job_id_for(payload(model_version="ralf-tiny-456"), "ralf") != first
+    assert job_id_for(payload(options=ScanOverrides(every_n=2)), "ralf") != first
+    assert job_id_for(payload(source="/media/b.mp4"), "ralf") == first  # same content elsewhere
+    url = payload(kind="url", source="https://example.com/v.mp4", content_hash=None)
+    assert job_id_for(url, "ralf") != job_id_for(url.model_copy(update={"source": "https://example.com/w.mp4"}), "ralf")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path, Path]:
+    root = tmp_path_factory.mktemp("jobs")
+    media = root / "media"
+    media.mkdir()
+    torch.manual_seed(0)
+    weights = root / "tiny.safetensors"
+    save_weights(weights, RALF(RALFConfig.tiny()).eval())
+    clip = synthetic.write_face_clip(media / "face.mp4", codec="h264", num_frames=6, size=(160, 120), fps=6.0)
+    outside = synthetic.write_face_clip(root / "outside.mp4", codec="h264", num_frames=2, size=(160, 120))
+    settings = Settings(media_roots=[media], weights=weights, device="cpu", decoder="pyav")
+    return settings, clip, outside
+
+
+def file_job(settings: Settings, path: Path) -> ScanJob:
+    return payload(source=str(path), content_hash=sha256_file(path), model_version=model_version(settings))
+
+
+def test_scan_job_equals_scan(setup: tuple[Settings, Path, Path]) -> None:
+    settings, clip, _ = setup
+    verdict = scan_job(file_job(settings, clip), settings)
+    direct = Scanner(settings.scan_options(), settings.weights).scan(clip)
+    assert verdict.label == direct.label and verdict.score == pytest.approx(direct.score)
+    assert verdict.path == str(clip) and verdict.warnings == direct.warnings  # model versions agree
+
+
+def test_worker_rechecks_media_roots(setup: tuple[Settings, Path, Path]) -> None:
+    settings, _, outside = setup
+    verdict = scan_job(file_job(settings, outside), settings)
+    assert verdict.label == "error" and "outside the media roots" in (verdict.error or "")
+
+
+def test_changed_file_is_noted(setup: tuple[Settings, Path, Path]) -> None:
+    settings, clip, _ = setup
+    job = file_job(settings, clip).model_copy(update={"content_hash": "0" * 64})
+    assert any("changed after it was enqueued" in w for w in scan_job(job, settings).warnings)
+
+
+class FakeRqJob:
+    """Only what scan_job touches on an rq job: meta and save_meta."""
+
+    def __init__(self) -> None:
+        self.id = "fake"
+        self.meta: dict[str, Any] = {}
+        self.saved: list[dict[str, Any]] = []
+
+    def save_meta(self) -> None:
+        self.saved.append(json.loads(json.dumps(self.meta)))
+
+
+def test_out_of_memory_retries_at_half_batch(setup: tuple[Settings, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, clip, _ = setup
+    seen_batches: list[int] = []
+
+    class OomScanner:
+        def scan(self, path: Path, progress: Any = None) -> None:
+            raise InferenceOutOfMemory(seen_batches[-1], torch.device("cuda"), "CUDA out of memory")
+
+    def fake_scanner_for(settings: Settings, options: Any) -> OomScanner:
+        seen_batches.append(options.batch_size)
+        return OomScanner()
+
+    monkeypatch.setattr(jobs, "scanner_for", fake_scanner_for)
+    rq_job = FakeRqJob()
+    job = file_job(settings, clip)
+    for _ in range(3):
+        with pytest.raises(TransientScanError, match="retry uses batch size"):
+            scan_job(job, settings, rq_job)  # type: ignore[arg-type]
+    assert seen_batches == [settings.batch_size, settings.batch_size // 2, settings.batch_size // 4]
+    assert rq_job.meta["batch_size"] == settings.batch_size // 8
+
+
+def test_progress_is_written_to_job_meta(setup: tuple[Settings, Path, Path]) -> None:
+    settings, clip, _ = setup
+    rq_job = FakeRqJob()
+    scan_job(file_job(settings, clip), settings, rq_job)  # type: ignore[arg-type]
+    stages = [m["progress"]["stage"] for m in rq_job.saved]
+    assert stages[0] == "scanning" and stages[-1] == "done"
+    assert rq_job.saved[-1]["progress"]["fraction"] == 1.0
