@@ -1,5 +1,6 @@
 """Console entry point `ralf-cli`: importing the command modules registers their commands."""
 
+from cli import engine as _engine  # noqa: F401  (export/calibrate)
 from cli import import_weights as _import_weights  # noqa: F401  (import-weights)
 from cli import queue as _queue  # noqa: F401  (enqueue/status/result/jobs/worker/config)
 from cli import scan as _scan  # noqa: F401  (scan/demo/schema)

@@ -1,0 +1,209 @@
+"""`export` (a deployable inference engine beside the weights) and `calibrate` (a threshold chosen on data).
+
+Both exit 0 on success and 2 with a one-line reason when they cannot do their job (bad weights,
+missing data, one-class or too little validation data, an engine this machine cannot build).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from cli.app import app
+from pipeline.compiled import (
+    EngineUnavailable,
+    Precision,
+    default_precision,
+    export_engine,
+    read_sidecar,
+    tensorrt_available,
+)
+from pipeline.options import AggregationName, DecoderName, DetectorName, DeviceName, EngineName, ScanOptions
+from ralf.weights import WeightsError
+from trainer.calibrate import (
+    MIN_PER_CLASS,
+    CalibrationError,
+    CalibrationLevel,
+    CalibrationResult,
+    calibrate,
+    plot_roc,
+    save_calibration,
+)
+from trainer.layouts import DatasetLayoutError
+from worker.settings import Settings
+
+out = Console()
+err = Console(stderr=True)
+EXIT_OK, EXIT_ERROR = 0, 2
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {escape(message)}")
+    return typer.Exit(EXIT_ERROR)
+
+
+@app.command("export")
+def export_command(
+    weights: Annotated[Path, typer.Argument(help="RALF weights (.safetensors)", show_default=False)],
+    engine: Annotated[
+        Literal["auto", "tensorrt", "compile", "eager"],
+        typer.Option(help="tensorrt (CUDA + torch_tensorrt) | compile (AOTInductor) | eager | auto: the best here"),
+    ] = "auto",
+    precision: Annotated[
+        Precision | None, typer.Option(help="fp16 | bf16 | fp32 [default: fp16 on GPUs, fp32 on the CPU]")
+    ] = None,
+    max_batch: Annotated[int, typer.Option(min=1, help="Largest batch the engine accepts (dynamic 1..N)")] = 32,
+    device: Annotated[
+        Literal["cpu", "cuda"] | None, typer.Option(help="Build for this device [default: cuda when present]")
+    ] = None,
+    out_dir: Annotated[Path | None, typer.Option(help="Where to write [default: beside the weights]")] = None,
+) -> None:
+    """Build a compiled inference engine for this machine and write it next to the weights.
+
+    The pipeline and workers pick it up automatically (engine 'auto') and say which engine they use.
+    """
+    chosen = engine if engine != "auto" else ("tensorrt" if tensorrt_available() else "compile")
+    target = device or ("cuda" if chosen == "tensorrt" else None)
+    out.print(
+        f"exporting [bold]{chosen}[/bold] engine of {escape(str(weights))} "
+        f"({precision or default_precision(chosen, target or _default_device())}, batch 1..{max_batch}); "
+        "compiling can take minutes"
+    )
+    started = time.perf_counter()
+    try:
+        sidecar = export_engine(weights, chosen, precision, max_batch, out_dir, target)
+    except (EngineUnavailable, WeightsError, ValueError, RuntimeError) as error:
+        raise _fail(str(error)) from None
+    info = read_sidecar(sidecar)
+    table = Table(title=f"exported in {time.perf_counter() - started:.0f} s", show_header=False)
+    artifact = sidecar.parent / info.artifact if info.artifact else None
+    rows = [
+        ("engine", f"{info.engine} ({info.runtime})"),
+        ("artifact", str(artifact) if artifact else "none (eager runs the weights)"),
+        ("size", f"{artifact.stat().st_size / 1e6:.1f} MB" if artifact else "-"),
+        ("sidecar", str(sidecar)),
+        ("precision", info.precision),
+        ("batch", f"1..{info.max_batch}"),
+        ("device", f"{info.device} ({info.device_name})"),
+        ("model version", info.model_version),
+        ("parity", f"max |ΔP(fake)| vs eager {info.parity_max_abs_diff:.2e} (tolerance {info.parity_tolerance:g})"),
+    ]
+    for name, value in rows:
+        table.add_row(name, escape(value))
+    out.print(table)
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _scan_options(overrides: dict[str, object]) -> ScanOptions:
+    given = {name: value for name, value in overrides.items() if value is not None}
+    if sum(name in given for name in ("target_fps", "every_n", "max_frames")) > 1:
+        raise _fail("choose at most one of --fps, --every-n, --max-frames")
+    try:
+        return Settings().scan_options(**given)
+    except ValidationError as error:
+        raise _fail(f"invalid options or RALF_* settings: {error}") from None
+
+
+@app.command("calibrate")
+def calibrate_command(
+    weights: Annotated[Path, typer.Argument(help="RALF weights (.safetensors); calibration is written into them")],
+    data: Annotated[Path, typer.Option(help="Validation folder with real/ and fake/ (videos, crops or crop folders)")],
+    level: Annotated[
+        CalibrationLevel | None, typer.Option(help="frame | video [default: video for videos, frame for crop images]")
+    ] = None,
+    target_fpr: Annotated[
+        float | None, typer.Option(min=0.0, max=0.999, help="False-positive rate allowed on real samples [default: 0.01]")
+    ] = None,
+    use_eer: Annotated[bool, typer.Option("--eer", help="Threshold at the equal error rate instead")] = False,
+    temperature: Annotated[bool, typer.Option("--temperature", help="Also fit temperature scaling (one scalar T)")] = False,
+    roc: Annotated[Path | None, typer.Option(help="Save the ROC curve with the chosen point to this PNG")] = None,
+    min_per_class: Annotated[int, typer.Option(min=1, help="Fewest usable real and fake samples accepted")] = MIN_PER_CLASS,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report only; leave the weights unchanged")] = False,
+    device: Annotated[DeviceName | None, typer.Option(help="auto | cpu | cuda")] = None,
+    engine: Annotated[EngineName | None, typer.Option(help="auto | tensorrt | compile | eager")] = None,
+    decoder: Annotated[DecoderName | None, typer.Option(help="auto | dali | pyav (video files)")] = None,
+    detector: Annotated[DetectorName | None, typer.Option(help="mtcnn | yolo (video files)")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Face crops per model forward")] = None,
+    fps: Annotated[float | None, typer.Option(min=0.001, help="Sampled frames per second (video files)")] = None,
+    every_n: Annotated[int | None, typer.Option(min=1, help="Sample every n-th frame instead")] = None,
+    max_frames: Annotated[int | None, typer.Option(min=1, help="Sample at most this many frames, evenly")] = None,
+    aggregation: Annotated[AggregationName | None, typer.Option(help="mean | topk | median (video level)")] = None,
+) -> None:
+    """Choose the decision threshold on labelled validation data and store it in the weights' metadata.
+
+    Samples are scored with the pipeline (same options and RALF_* settings as scan and the workers).
+
+    The threshold is the ROC point with the largest TPR whose FPR <= target, or the EER point.
+    """
+    if use_eer and target_fpr is not None:
+        raise _fail("choose either --target-fpr or --eer")
+    options = _scan_options(
+        {
+            "device": device,
+            "engine": engine,
+            "decoder": decoder,
+            "detector": detector,
+            "batch_size": batch_size,
+            "target_fps": fps,
+            "every_n": every_n,
+            "max_frames": max_frames,
+            "aggregation": aggregation,
+        }
+    )
+    try:
+        result = calibrate(
+            weights,
+            data,
+            options=options,
+            level=level,
+            method="eer" if use_eer else "target_fpr",
+            target_fpr=None if use_eer else (0.01 if target_fpr is None else target_fpr),
+            fit_temp=temperature,
+            min_per_class=min_per_class,
+            show_progress=err.is_terminal,
+        )
+    except (CalibrationError, DatasetLayoutError, WeightsError) as error:
+        raise _fail(str(error)) from None
+    except ValueError as error:  # unreadable crop images, scanner set-up problems
+        raise _fail(str(error)) from None
+    if not dry_run:
+        save_calibration(weights, result.calibration)
+    out.print(_result_table(result, weights, written=not dry_run))
+    if roc is not None:
+        out.print(f"ROC curve: {escape(str(plot_roc(result, roc)))}")
+    for name, reason in result.excluded:
+        out.print(f"[yellow]left out[/yellow] {escape(name)}: {escape(reason)}")
+    for warning in result.warnings:
+        out.print(f"[bold yellow]warning:[/bold yellow] {escape(warning)}")
+
+
+def _result_table(result: CalibrationResult, weights: Path, *, written: bool) -> Table:
+    calibration = result.calibration
+    table = Table(title="calibration", show_header=False)
+    temperature = calibration.temperature
+    rows = [
+        ("level", calibration.level),
+        ("samples", f"{calibration.num_real} real, {calibration.num_fake} fake ({len(result.excluded)} left out)"),
+        ("method", calibration.method + (f" (target FPR {calibration.target_fpr:g})" if calibration.target_fpr is not None else "")),
+        ("threshold", f"logit {calibration.threshold:.6g}; P(fake) {result.threshold_probability:.6g} in verdicts"),
+        ("achieved", f"TPR {calibration.achieved_tpr:.4f}, FPR {calibration.achieved_fpr:.4f}"),
+        ("AUC / EER", f"{result.auc:.4f} / {result.eer:.4f}"),
+        ("temperature", "not fitted" if temperature is None else f"T = {temperature:.4g} (P(fake) = sigmoid(logit / T))"),
+        ("dataset", calibration.dataset_fingerprint[:16]),
+        ("written to", str(weights) if written else "nothing (--dry-run)"),
+    ]
+    for name, value in rows:
+        table.add_row(name, escape(value))
+    return table
