@@ -1,0 +1,218 @@
+"""`ralf-cli prepare`: face crops for training from a dataset of videos (or of frame folders).
+
+For every video: N frames evenly over its whole length (fewer when it has fewer), MTCNN, the most
+confident face per frame, a square crop with margin resized to the model size, saved as PNG.
+OUT gets `crops/`, `index.jsonl` (one row per crop: path, video id, group, frame index, label,
+split, box, detector score) and `videos.jsonl` (one row per video: ok / no_face / error, counts).
+A re-run skips videos already in videos.jsonl; crops of a video interrupted half-way are redone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
+
+from pipeline.crops import crop_faces
+from pipeline.decode import Sampling, VideoDecodeError, open_video
+from pipeline.faces import FaceDetector, build_detector
+from trainer.data import INDEX_FILE, CropRow, ImageReadError, read_rgb, write_index_rows
+from trainer.layouts import IMAGE_SUFFIXES, VideoEntry, read_layout
+
+VIDEOS_FILE = "videos.jsonl"
+CROPS_DIR = "crops"
+VideoStatus = Literal["ok", "no_face", "error"]
+
+
+class PrepareOptions(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    frames: int = Field(32, ge=1, description="Frames sampled evenly over each video")
+    margin: float = Field(0.3, ge=0, description="Crop enlargement around the face box, fraction of its side")
+    size: int = Field(256, ge=8, description="Side of the saved square crops")
+    min_face_size: int = Field(20, ge=12, description="Smallest face side (pixels) MTCNN looks for")
+    device: str = "cpu"
+    decoder: Literal["auto", "dali", "pyav"] = "auto"
+
+
+class VideoRow(BaseModel):
+    """One line of videos.jsonl."""
+
+    video_id: str
+    path: str
+    label: Literal["real", "fake"]
+    group_id: str
+    split: str | None
+    source: str
+    status: VideoStatus
+    frames: int = 0  # frames sampled and searched
+    crops: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PrepareSummary:
+    videos: int
+    skipped: int  # already done by an earlier run
+    status: dict[str, int]
+    crops: int
+    index: Path
+
+
+@dataclass(frozen=True)
+class SampledFrames:
+    frames: torch.Tensor  # uint8 (N, H, W, 3)
+    indices: list[int]
+
+
+def safe_relative(video_id: str) -> Path:
+    """A path inside OUT for a video id: each component reduced to [A-Za-z0-9._-], no '..'."""
+    parts = [re.sub(r"[^A-Za-z0-9._-]", "_", p) for p in video_id.replace("\\", "/").split("/") if p]
+    parts = [p if p not in (".", "..") else p.replace(".", "_") for p in parts]
+    return Path(*parts) if parts else Path("_")
+
+
+def evenly_spaced(count: int, wanted: int) -> list[int]:
+    """`wanted` indices spread over range(count) (all of them when count <= wanted)."""
+    if count <= wanted:
+        return list(range(count))
+    return sorted({int(i) for i in np.linspace(0, count - 1, wanted).round()})
+
+
+def frame_chunks(entry: VideoEntry, options: PrepareOptions) -> Iterator[SampledFrames]:
+    """Sampled frames of a video file, or of a folder of frame images, in bounded chunks."""
+    if entry.path.is_dir():
+        images = sorted(p for p in entry.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        chosen = evenly_spaced(len(images), options.frames)
+        for index in chosen:
+            # Frames of a folder may differ in size, so each is its own chunk.
+            yield SampledFrames(torch.from_numpy(read_rgb(images[index]))[None], [index])
+        return
+    sampling = Sampling(max_frames=options.frames)
+    with open_video(entry.path, backend=options.decoder, sampling=sampling, device=options.device) as stream:
+        for batch in stream:
+            yield SampledFrames(batch.frames, list(batch.indices))
+
+
+def extract_video(
+    entry: VideoEntry, detector: FaceDetector, options: PrepareOptions, out: Path
+) -> tuple[VideoRow, list[CropRow]]:
+    """Crops of one video written under OUT/crops; the rows describing them (not yet indexed)."""
+    folder = Path(CROPS_DIR) / safe_relative(entry.video_id)
+    (out / folder).mkdir(parents=True, exist_ok=True)
+    rows: list[CropRow] = []
+    searched = 0
+    base = {
+        "video_id": entry.video_id,
+        "path": str(entry.path),
+        "label": "fake" if entry.is_fake else "real",
+        "group_id": entry.group_id,
+        "split": entry.split,
+        "source": entry.source,
+    }
+    try:
+        for chunk in frame_chunks(entry, options):
+            searched += len(chunk.indices)
+            rows += _crop_chunk(chunk, detector, options, out, folder, entry)
+    except (VideoDecodeError, ImageReadError, ValueError, OSError) as error:
+        return VideoRow(**base, status="error", frames=searched, crops=len(rows), error=str(error)), []
+    status: VideoStatus = "ok" if rows else "no_face"
+    return VideoRow(**base, status=status, frames=searched, crops=len(rows)), rows
+
+
+def _crop_chunk(
+    chunk: SampledFrames, detector: FaceDetector, options: PrepareOptions, out: Path, folder: Path, entry: VideoEntry
+) -> list[CropRow]:
+    detections = detector.detect(chunk.frames.to(detector.device))
+    # The most confident face per frame: a fake video's forged face is its main one, and other
+    # faces in the frame would carry the video's label without being forged.
+    found = [(position, d) for position, d in enumerate(detections) if len(d) > 0]
+    if not found:
+        return []
+    positions = torch.tensor([p for p, _ in found])
+    boxes = torch.stack([d.boxes[0].float().cpu() for _, d in found])
+    crops = crop_faces(chunk.frames.cpu(), positions, boxes, options.size, options.margin)
+    pixels = (crops.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    rows = []
+    for (position, d), image in zip(found, pixels):
+        frame_index = chunk.indices[position]
+        relative = folder / f"f{frame_index:06d}.png"
+        Image.fromarray(image).save(out / relative)
+        rows.append(
+            CropRow(
+                path=relative.as_posix(),
+                video_id=entry.video_id,
+                group_id=entry.group_id,
+                frame_index=frame_index,
+                label="fake" if entry.is_fake else "real",
+                split=entry.split,
+                box=tuple(float(v) for v in d.boxes[0].tolist()),
+                score=float(d.scores[0]),
+                source=entry.source,
+            )
+        )
+    return rows
+
+
+def finished_videos(out: Path) -> set[str]:
+    """Videos a previous run completed; index rows of any other video (an interrupted one) are dropped."""
+    videos_path, index_path = out / VIDEOS_FILE, out / INDEX_FILE
+    done: set[str] = set()
+    if videos_path.is_file():
+        for line in videos_path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                done.add(VideoRow.model_validate_json(line).video_id)
+    if index_path.is_file():
+        lines = index_path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["video_id"] in done]
+        if len(kept) != len(lines):
+            partial = index_path.with_name(INDEX_FILE + ".partial")
+            partial.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.replace(partial, index_path)
+    return done
+
+
+def prepare(
+    source: Path,
+    out: Path,
+    layout: str = "folder",
+    options: PrepareOptions | None = None,
+    layout_options: dict[str, object] | None = None,
+    detector: FaceDetector | None = None,
+    progress: bool = True,
+) -> PrepareSummary:
+    """Extract face crops of every video of the dataset at `source` into `out` (resumable)."""
+    options = options or PrepareOptions()
+    entries = read_layout(layout, Path(source), **(layout_options or {}))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / INDEX_FILE).touch()  # an all-no-face run still leaves an index that says so
+    done = finished_videos(out)
+    todo = [e for e in entries if e.video_id not in done]
+    if todo and detector is None:
+        detector = build_detector("mtcnn", options.device, min_face_size=options.min_face_size)
+    status: Counter[str] = Counter()
+    crops = 0
+    for entry in tqdm(todo, desc="prepare", unit="video", disable=not progress, dynamic_ncols=True):
+        assert detector is not None
+        video, rows = extract_video(entry, detector, options, out)
+        # Crop rows first, then the video row that marks them complete.
+        write_index_rows(out / INDEX_FILE, rows)
+        with (out / VIDEOS_FILE).open("a", encoding="utf-8") as handle:
+            handle.write(video.model_dump_json() + "\n")
+        status[video.status] += 1
+        crops += len(rows)
+    return PrepareSummary(
+        videos=len(todo), skipped=len(entries) - len(todo), status=dict(status), crops=crops, index=out / INDEX_FILE
+    )
