@@ -298,8 +298,8 @@ def ref_classifier(sd: dict, diff_recon: Tensor, residual: Tensor, blocks: list)
     return F.linear(x, sd[f"classifier.stage2.{n + 8}.weight"], sd[f"classifier.stage2.{n + 8}.bias"])
 
 
-def reference_forward(sd: dict, x: Tensor, config: RALFConfig) -> Tensor:
-    """(B, 1) logits, log-odds of REAL, of the reference RALF module in eval mode."""
+def reference_forward_all(sd: dict, x: Tensor, config: RALFConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """(filtered x^, reconstruction x~, (B, 1) logits = log-odds of REAL) of the reference RALF in eval mode."""
     dct, idct = unnormalised_dct_matrices(x.shape[-1])
     mask = torch.sigmoid(sd["destructor.freq_mask"])
     filtered = idct @ (mask * (dct @ x @ dct.T)) @ idct.T
@@ -307,7 +307,11 @@ def reference_forward(sd: dict, x: Tensor, config: RALFConfig) -> Tensor:
     reconstruction = ref_reconstructor(sd, filtered)
     widths = scaled_widths(config.classifier.width)
     blocks = xception_blocks(widths["stem"][1], widths["entry"], widths["exit"][0], config.classifier.middle_blocks)
-    return ref_classifier(sd, (reconstruction - x).abs(), residual, blocks)
+    return filtered, reconstruction, ref_classifier(sd, (reconstruction - x).abs(), residual, blocks)
+
+
+def reference_forward(sd: dict, x: Tensor, config: RALFConfig) -> Tensor:
+    return reference_forward_all(sd, x, config)[2]
 
 
 # --- fixtures -------------------------------------------------------------------------------------
@@ -404,9 +408,14 @@ def test_forward_equals_reference_with_label_flipped(tmp_path: Path) -> None:
     path = save(tmp_path / "best.pt", {"state_dict": state, "center": center})
     model, _, _ = import_reference(path, PAPER_SHALLOW)
     x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(5))
+    dct, idct = unnormalised_dct_matrices(256)
+    assert torch.allclose(idct @ (dct @ x @ dct.T) @ idct.T, x, atol=1e-5)  # the helper's DCT pair inverts
     with torch.inference_mode():
-        reference_logit = reference_forward(state, x, PAPER_SHALLOW)[:, 0]
+        filtered, reconstruction, reference_logit = reference_forward_all(state, x, PAPER_SHALLOW)
+        reference_logit = reference_logit[:, 0]
         ours = model.forward_all(x)
+    assert torch.allclose(ours.destroyed, filtered, atol=1e-5, rtol=0)
+    assert torch.allclose(ours.reconstruction, reconstruction, atol=1e-4, rtol=0)
     assert reference_logit.abs().min() > 0.3
     assert torch.allclose(ours.logit, -reference_logit, atol=1e-4, rtol=0)
     assert torch.allclose(torch.sigmoid(ours.logit), 1 - torch.sigmoid(reference_logit), atol=1e-5)

@@ -46,6 +46,10 @@ CENTER_ENTRY = "center"
 DATA_PARALLEL_PREFIX = "module."
 # The final linear layer whose sign carries the label convention.
 FC_PARAMETERS = ("classifier.backbone.fc.weight", "classifier.backbone.fc.bias")
+CENTER_MISSING = (
+    "center (the embedding center; the reference trainer saves it only in checkpoint.tar, entry 'center'. "
+    "It is unused at inference: import anyway with zeros via allow_missing_center / --no-center)"
+)
 # Names listed per problem category in an error message; the exception keeps the full lists.
 _MAX_LISTED = 50
 
@@ -151,7 +155,8 @@ def load_checkpoint_object(path: str | Path) -> Any:
         raise ReferenceImportError(f"{path} is a corrupt or truncated checkpoint: {error}") from None
     except (EOFError, RuntimeError, OSError, KeyError, ValueError) as error:
         kind = "zip archive" if is_zip else "pickle"
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        # First sentence only: torch appends generic advice to its reader errors.
+        reason = str(error).split(". ")[0].splitlines()[0] if str(error) else type(error).__name__
         raise ReferenceImportError(
             f"{path} is a truncated or corrupt checkpoint ({kind} of {size} bytes): {reason}"
         ) from None
@@ -355,17 +360,15 @@ def map_reference_state(
     )
     center_shape = tuple(expected[CENTER_ENTRY].shape)
     if checkpoint.center is None and not allow_missing_center:
-        missing.append(
-            "center (the embedding center; the reference trainer saves it only in checkpoint.tar, "
-            "entry 'center'. It is unused at inference: import anyway with zeros via "
-            "allow_missing_center / --no-center)"
-        )
+        missing.append(CENTER_MISSING)
     elif checkpoint.center is not None and tuple(checkpoint.center.shape) != center_shape:
         mismatched.append(f"center: checkpoint {tuple(checkpoint.center.shape)}, expected {center_shape}")
 
     if unknown or missing or mismatched:
         parts = []
-        if not set(given) & set(table):
+        if missing == [CENTER_MISSING] and not unknown and not mismatched:
+            parts.append("the checkpoint holds the model but not the embedding center")
+        elif not set(given) & set(table):
             parts.append(
                 f"not a reference RALF checkpoint: none of its {len(given)} tensors has a name of the reference's "
                 "RALF module (destructor.freq_mask, reconstructor.*, classifier.stage1/attn_map/stage2.*)"
