@@ -140,7 +140,7 @@ def _build_tensorrt(graph: nn.Module, image_size: int, max_batch: int, dtype: to
     compiled = torch_tensorrt.compile(
         graph, ir="dynamo", inputs=[spec], enabled_precisions={dtype, torch.float32}, min_block_size=1
     )
-    example = torch.rand(min(2, max_batch), *shape, device="cuda")
+    example = torch.rand(min(2, max_batch), *shape, device=next(graph.parameters()).device)
     # retrace=False serialises the compiled graph with the symbolic batch it was built with.
     torch_tensorrt.save(compiled, str(path), output_format="exported_program", arg_inputs=[example], retrace=False)
 

@@ -1,0 +1,123 @@
+"""A real AOTInductor package of the tiny model: parity with eager, sidecar, pickup by the pipeline, staleness.
+
+Compiling the package is the expensive step (about a minute on 2 cores), so it happens once per module.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.compiled import PARITY_TOLERANCE, CompiledEngine, file_sha256, export_engine, read_sidecar
+from pipeline.engine import load_engine
+from pipeline.options import ScanOptions
+from pipeline.scan import Scanner
+from ralf.config import RALFConfig
+from ralf.model import RALF
+from ralf.weights import Calibration, load_weights, save_weights, tensors_digest
+from trainer.calibrate import save_calibration
+
+pytestmark = pytest.mark.slow
+MAX_BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(weights, sidecar) of a tiny model exported with engine 'compile' on the CPU."""
+    folder = tmp_path_factory.mktemp("exported")
+    torch.manual_seed(0)
+    weights = folder / "tiny.safetensors"
+    save_weights(weights, RALF(RALFConfig.tiny()).eval())
+    return weights, export_engine(weights, "compile", max_batch=MAX_BATCH, device="cpu")
+
+
+def _copy(exported: tuple[Path, Path], folder: Path) -> Path:
+    weights, sidecar = exported
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in (weights, sidecar, sidecar.with_suffix(".pt2")):
+        shutil.copy2(path, folder / path.name)
+    return folder / weights.name
+
+
+def test_sidecar_describes_the_artifact(exported: tuple[Path, Path]) -> None:
+    weights, sidecar = exported
+    info = read_sidecar(sidecar)
+    model, metadata = load_weights(weights)
+    assert sidecar.name == "tiny.compile-cpu-fp32.json" and info.artifact == "tiny.compile-cpu-fp32.pt2"
+    assert (info.engine, info.runtime, info.precision, info.device) == ("compile", "aoti", "fp32", "cpu")
+    assert info.max_batch == MAX_BATCH and info.image_size == 64
+    assert info.torch_version == torch.__version__
+    assert info.model_version == metadata.model_version
+    assert info.weights_digest == tensors_digest(model.state_dict())
+    assert info.artifact_sha256 == file_sha256(sidecar.parent / info.artifact)
+    assert info.parity_max_abs_diff <= info.parity_tolerance == PARITY_TOLERANCE["fp32"]
+
+
+def test_compiled_scores_match_eager_on_the_same_crops(exported: tuple[Path, Path]) -> None:
+    weights, _ = exported
+    model, _ = load_weights(weights)
+    engine, warnings = load_engine(model, ScanOptions(device="cpu", engine="compile", batch_size=32), weights)
+    assert isinstance(engine, CompiledEngine) and warnings == []
+    assert engine.name == "compile-cpu-fp32 (tiny.compile-cpu-fp32.pt2)"
+    assert engine.max_batch == MAX_BATCH
+    crops = torch.rand(7, 3, 64, 64, generator=torch.Generator().manual_seed(5))  # 7 > max batch: split
+    with torch.inference_mode():
+        expected = model(crops)
+    got = engine.logits(crops)
+    assert got.shape == (7,) and got.dtype == torch.float32
+    gap = (torch.sigmoid(got.double()) - torch.sigmoid(expected.double())).abs().max().item()
+    assert gap <= PARITY_TOLERANCE["fp32"]
+    assert engine.logits(torch.zeros((0, 3, 64, 64))).shape == (0,)
+
+
+def test_the_scanner_uses_the_artifact_and_says_so(exported: tuple[Path, Path]) -> None:
+    weights, _ = exported
+    scanner = Scanner(ScanOptions(device="cpu"), weights)  # engine 'auto'
+    assert scanner.engine.name.startswith("compile-cpu-fp32") and scanner.warnings == []
+    scanner = Scanner(ScanOptions(device="cpu", engine="eager"), weights)
+    assert scanner.engine.name == "eager"
+
+
+def test_tensorrt_request_on_the_cpu_falls_back_to_the_compiled_artifact(exported: tuple[Path, Path]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    weights, _ = exported
+    model, _ = load_weights(weights)
+    engine, warnings = load_engine(model, ScanOptions(device="cpu", engine="tensorrt"), weights)
+    assert engine.name.startswith("compile-cpu")
+    assert warnings == ["TensorRT engine unavailable (no CUDA GPU)"]
+
+
+def test_calibration_keeps_the_artifact_valid(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    weights = _copy(exported, tmp_path)
+    calibration = Calibration(
+        threshold=0.3, method="eer", achieved_tpr=0.9, achieved_fpr=0.1, level="video",
+        dataset_fingerprint="f", date="2026-01-01", num_real=10, num_fake=10,
+    )
+    save_calibration(weights, calibration)
+    model, _ = load_weights(weights)
+    engine, warnings = load_engine(model, ScanOptions(device="cpu", engine="compile"), weights)
+    assert isinstance(engine, CompiledEngine) and warnings == []
+
+
+def test_new_weights_make_the_artifact_stale(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    weights = _copy(exported, tmp_path)
+    torch.manual_seed(1)
+    retrained = RALF(RALFConfig.tiny()).eval()
+    save_weights(weights, retrained)  # same file name, new tensors
+    engine, warnings = load_engine(retrained, ScanOptions(device="cpu", engine="compile"), weights)
+    assert engine.name == "eager"
+    assert "stale" in warnings[0] and warnings[-1] == "using the eager engine"
+
+
+def test_a_modified_artifact_is_refused(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    weights = _copy(exported, tmp_path)
+    artifact = weights.with_name("tiny.compile-cpu-fp32.pt2")
+    artifact.write_bytes(artifact.read_bytes() + b"\0")
+    model, _ = load_weights(weights)
+    engine, warnings = load_engine(model, ScanOptions(device="cpu"), weights)  # auto warns too
+    assert engine.name == "eager"
+    assert "changed since export" in warnings[0]
