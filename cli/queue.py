@@ -109,9 +109,9 @@ def enqueue(
     elif as_json:
         _print_json({"jobs": [job.model_dump() for job in accepted], "refused": refused})
     else:
-        for job in accepted:
-            note = "" if job.created else f"  (already enqueued: {job.status})"
-            out.print(f"{job.job_id}  {job.source}{note}")
+        for job in accepted:  # plain tab-separated lines: `cut -f1` gives the ids
+            note = "" if job.created else f"\talready enqueued ({job.status})"
+            typer.echo(f"{job.job_id}\t{job.source}{note}")
     if refused:
         raise typer.Exit(2)
     if failed:
