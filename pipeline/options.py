@@ -29,6 +29,9 @@ class ScanOptions(BaseModel):
     max_frames: int | None = Field(None, ge=1)
 
     chunk_size: int = Field(32, ge=1, description="Sampled frames decoded and detected together")
+    chunk_pixels: int = Field(
+        32_000_000, ge=1, description="Cap on pixels per chunk: large frames get smaller chunks (at least 1 frame)"
+    )
     batch_size: int = Field(32, ge=1, description="Face crops per model forward")
     margin: float = Field(0.3, ge=0.0, description="Crop enlargement around the face box, fraction of its side")
     min_face_size: int = Field(40, ge=8, description="Smallest face side in pixels the detector looks for")

@@ -28,7 +28,7 @@ import torch
 
 from pipeline.aggregate import FaceScore, aggregate_tracks, fake_probabilities, video_label, video_score
 from pipeline.crops import crop_faces
-from pipeline.decode import FrameBatch, Sampling, VideoDecodeError, VideoInfo, VideoStream, open_video
+from pipeline.decode import FrameBatch, Sampling, VideoDecodeError, VideoInfo, VideoStream, open_video, probe_video
 from pipeline.engine import InferenceEngine, InferenceOutOfMemory, load_engine
 from pipeline.faces import FaceDetector, build_detector
 from pipeline.options import ScanOptions
@@ -125,6 +125,7 @@ class _ScanState:
     counts: Counts = field(default_factory=Counts)
     timings: StageTimings = field(default_factory=StageTimings)
     decoder: str = ""
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def pending(self) -> int:
@@ -188,15 +189,15 @@ class Scanner:
         state = _ScanState()
         try:
             self._check_size(path)
+            info = probe_video(path)
+            self._check_duration(info)
             with open_video(
                 path,
                 backend=self.options.decoder,
                 sampling=self.sampling,
                 device=self.device,
-                chunk_size=self.options.chunk_size,
+                chunk_size=self.chunk_frames(info),
             ) as stream:
-                self._check_duration(stream.info)
-                state.decoder = stream.backend
                 self._score_stream(stream, state, progress)
         except (VideoDecodeError, ScanInputError) as error:
             state.timings.total_s = time.perf_counter() - started
@@ -219,6 +220,10 @@ class Scanner:
         reason = f"{INTERNAL_ERROR_PREFIX}{type(error).__name__}: {error}"
         return self._verdict(Path(path), _ScanState(), label="error", error=reason)
 
+    def chunk_frames(self, info: VideoInfo) -> int:
+        """Frames per chunk: `chunk_size`, fewer for large frames so a chunk stays within `chunk_pixels`."""
+        return max(1, min(self.options.chunk_size, self.options.chunk_pixels // (info.width * info.height)))
+
     # -- stages -----------------------------------------------------------------------------------
 
     def _check_size(self, path: Path) -> None:
@@ -237,7 +242,9 @@ class Scanner:
     def _score_stream(self, stream: VideoStream, state: _ScanState, progress: ProgressCallback | None) -> None:
         tracker = IouTracker()
         total = expected_samples(stream.info, self.sampling)
+        first_decoder = state.decoder = stream.backend
         for batch in self._timed_batches(stream, state):
+            state.decoder = stream.backend
             if batch.timestamps_s[-1] > self.options.max_duration_s:
                 # Headers can understate the length; the limit holds on what is actually decoded.
                 raise ScanInputError(f"video too long: exceeds the limit of {self.options.max_duration_s:.0f} s")
@@ -250,6 +257,8 @@ class Scanner:
             if progress is not None:
                 progress(state.counts.frames_decoded, total)
         self._infer_pending(state, keep_remainder=False)
+        if state.decoder != first_decoder:
+            state.warnings.append(f"{first_decoder} failed part-way; the rest was decoded by {state.decoder}")
 
     def _timed_batches(self, stream: VideoStream, state: _ScanState) -> Iterator[FrameBatch]:
         batches = iter(stream)
@@ -335,7 +344,7 @@ class Scanner:
             counts=state.counts,
             timings=state.timings,
             error=error,
-            warnings=list(self.warnings),
+            warnings=self.warnings + state.warnings,
         )
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.decode import DaliDecodeError, Sampling, VideoInfo
+from pipeline.decode.dali import DaliFrameSource
 from pipeline.engine import InferenceOutOfMemory
 from pipeline.options import ScanOptions
 from pipeline.scan import (
@@ -15,7 +17,6 @@ from pipeline.scan import (
     Scanner,
     expected_samples,
 )
-from pipeline.decode import Sampling, VideoInfo
 from ralf.config import RALFConfig
 from ralf.model import RALF
 from ralf.weights import Calibration, WeightsMetadata, save_weights
@@ -211,3 +212,30 @@ def test_expected_samples(sampling: Sampling, expected: int) -> None:
 def test_expected_samples_unknown_length_is_zero() -> None:
     info = VideoInfo(width=320, height=240, fps=24.0, codec="h264")
     assert expected_samples(info, Sampling(target_fps=2.0)) == 0
+
+
+def test_large_frames_get_smaller_chunks(scanner: Scanner) -> None:
+    uhd = VideoInfo(width=3840, height=2160, fps=30.0, codec="hevc")
+    small = VideoInfo(width=320, height=240, fps=30.0, codec="h264")
+    assert scanner.chunk_frames(small) == scanner.options.chunk_size == 32
+    assert scanner.chunk_frames(uhd) == 32_000_000 // (3840 * 2160) == 3
+    tiny_budget = _scanner(chunk_pixels=1)
+    assert tiny_budget.chunk_frames(uhd) == 1
+
+
+def test_decoder_fallback_part_way_is_reported(small_vp9: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_run_once = DaliFrameSource._run_once
+    calls = {"n": 0}
+
+    def fail_on_second_run(self: DaliFrameSource, decoded: int) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise DaliDecodeError("simulated decoder failure")
+        return real_run_once(self, decoded)
+
+    monkeypatch.setattr(DaliFrameSource, "_run_once", fail_on_second_run)
+    verdict = _scanner(decoder="auto", chunk_size=8, every_n=3).scan(small_vp9)
+    assert verdict.label in ("real", "fake")
+    assert verdict.decoder == "pyav"
+    assert verdict.counts.frames_decoded == 8
+    assert "dali failed part-way; the rest was decoded by pyav" in verdict.warnings
