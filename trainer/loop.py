@@ -29,7 +29,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline.aggregate import track_score
 from ralf.discriminator import Discriminator
 from ralf.losses.contrastive import VGG19Features
 from ralf.losses.embedding import CenterTracker
@@ -51,6 +50,7 @@ from trainer.data import (
     split_by_group,
     unwrap_batch,
 )
+from trainer.evaluate import predict_probabilities, video_level
 from trainer.metrics import detection_metrics
 
 DEFAULT_EPOCHS = 100
@@ -398,8 +398,11 @@ class Trainer:
             bar.update(1)
             if self.step % self.center_every == 0:
                 self._update_center()
-            final = self.step == stop
-            if self.step % self.config.log_every == 0 or final:
+            final = self.step == self.total_steps
+            # An early stop (stop_at) logs and checkpoints but does not validate: the choice of
+            # best weights stays what an uninterrupted run would make.
+            stopping = final or self.step == stop
+            if self.step % self.config.log_every == 0 or stopping:
                 record = self._train_record(window, time.perf_counter() - window_start)
                 postfix["loss"] = f"{record['losses']['total']:.4f}"
                 bar.set_postfix(postfix)
@@ -413,7 +416,7 @@ class Trainer:
                     log.write(val)
                     postfix["val_auc"] = f"{val['frame']['auc']:.4f}"
                     bar.set_postfix(postfix)
-            if self.step % self.config.checkpoint_every == 0 or final:
+            if self.step % self.config.checkpoint_every == 0 or stopping:
                 self._save()
         bar.close()
         if self.runtime.distributed:
@@ -481,48 +484,6 @@ class Trainer:
             "best_auc": self.best_auc,
             "best_step": self.best_step,
         }
-
-
-def predict_probabilities(
-    model: RALF,
-    dataset: FaceCropDataset,
-    device: torch.device,
-    batch_size: int,
-    num_workers: int = 0,
-    autocast: Any = nullcontext,
-    progress: bool = False,
-) -> np.ndarray:
-    """P(fake) for every crop of `dataset`, in order (model must be in eval mode)."""
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=collate_crops,
-        generator=torch.Generator().manual_seed(0),
-    )
-    scores = np.empty(len(dataset), dtype=np.float64)
-    with torch.no_grad():
-        for raw in tqdm(loader, desc="score", unit="batch", disable=not progress, leave=False):
-            batch = unwrap_batch(raw)
-            with autocast():
-                logits = model(batch.images.to(device))
-            scores[batch.indices.numpy()] = torch.sigmoid(logits.float()).cpu().numpy()
-    return scores
-
-
-def video_level(
-    records: list[CropRecord], probabilities: np.ndarray, method: str = "mean", top_k: int = 5
-) -> tuple[np.ndarray, np.ndarray]:
-    """(is_fake, P(fake)) per video: its crops' scores aggregated like the scan pipeline's tracks."""
-    by_video: dict[str, list[float]] = defaultdict(list)
-    label: dict[str, bool] = {}
-    for record, probability in zip(records, probabilities):
-        by_video[record.video_id].append(float(probability))
-        label[record.video_id] = record.is_fake
-    videos = sorted(by_video)
-    scores = np.array([track_score(by_video[v], method, top_k) for v in videos])  # type: ignore[arg-type]
-    return np.array([label[v] for v in videos]), scores
 
 
 class JsonLog:

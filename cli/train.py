@@ -1,0 +1,265 @@
+"""Training commands: `prepare` (face crops from videos), `train` (joint RALF training), `evaluate`.
+
+Exit codes: 0 done, 2 bad input or a run that cannot start / continue (the message says why).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from cli.app import app
+from pipeline.faces import FaceDetectorError
+from ralf.pretrained import PretrainedError
+from ralf.weights import WeightsError
+from trainer.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from trainer.config import RESUME_MUTABLE_FIELDS, TrainConfig
+from trainer.data import ImageReadError
+from trainer.distortions import DISTORTIONS
+from trainer.layouts import FFPP_METHODS, LAYOUTS, DatasetLayoutError
+
+out = Console()
+err = Console(stderr=True)
+EXIT_ERROR = 2
+# Errors a user can act on: printed as one message, no traceback.
+USER_ERRORS = (
+    DatasetLayoutError,
+    ImageReadError,
+    CheckpointError,
+    WeightsError,
+    PretrainedError,
+    FaceDetectorError,
+    FileNotFoundError,
+    ValueError,
+)
+
+
+def fail(message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/bold red] {message}", highlight=False, markup=True)
+    raise typer.Exit(EXIT_ERROR)
+
+
+def validation_message(error: ValidationError) -> str:
+    return "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in error.errors())
+
+
+def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
+    if value not in allowed:
+        fail(f"{option} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------- prepare
+@app.command()
+def prepare(
+    source: Annotated[Path, typer.Argument(help="Dataset folder (see --layout)")],
+    output: Annotated[Path, typer.Argument(help="Where crops, index.jsonl and videos.jsonl go")],
+    frames: Annotated[int, typer.Option(help="Frames sampled evenly over each video")] = 32,
+    margin: Annotated[float, typer.Option(help="Crop enlargement around the face box (fraction of its side)")] = 0.3,
+    size: Annotated[int, typer.Option(help="Side of the saved square crops (the model's input size)")] = 256,
+    layout: Annotated[str, typer.Option(help="folder | ffpp | celebdf | dfdc")] = "folder",
+    compression: Annotated[str, typer.Option(help="FF++ quality folder: raw | c23 | c40")] = "c23",
+    methods: Annotated[str, typer.Option(help="FF++ manipulations, comma separated")] = ",".join(FFPP_METHODS),
+    splits_dir: Annotated[Path | None, typer.Option(help="FF++ train/val/test.json folder (default SRC/splits or SRC)")] = None,
+    min_face_size: Annotated[int, typer.Option(help="Smallest face side in pixels")] = 20,
+    device: Annotated[str, typer.Option(help="cpu | cuda (face detection)")] = "cpu",
+    decoder: Annotated[str, typer.Option(help="auto | dali | pyav")] = "auto",
+) -> None:
+    """Extract face crops for training: MTCNN on N evenly spaced frames per video; resumable."""
+    from trainer.prepare import PrepareOptions
+    from trainer.prepare import prepare as run_prepare
+
+    layout = _choice(layout, LAYOUTS, "--layout")
+    layout_options: dict[str, object] = {}
+    if layout == "ffpp":
+        layout_options = {"compression": compression, "methods": tuple(m for m in methods.split(",") if m)}
+        if splits_dir is not None:
+            layout_options["splits_dir"] = splits_dir
+    try:
+        options = PrepareOptions(
+            frames=frames, margin=margin, size=size, min_face_size=min_face_size, device=device, decoder=decoder
+        )
+        summary = run_prepare(source, output, layout, options, layout_options)
+    except ValidationError as error:
+        fail(validation_message(error))
+    except USER_ERRORS as error:
+        fail(str(error))
+    status = ", ".join(f"{count} {name}" for name, count in sorted(summary.status.items())) or "nothing new"
+    out.print(
+        f"{summary.videos} videos processed ({status}), {summary.skipped} already done, "
+        f"{summary.crops} crops; index: {summary.index}"
+    )
+    if summary.videos and summary.status.get("error", 0) == summary.videos:
+        fail(f"no video could be read; see {output / 'videos.jsonl'}")
+
+
+# ------------------------------------------------------------------ train
+@app.command()
+def train(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Argument(help="Prepared crops (index.jsonl) or a folder layout of crop folders")],
+    output: Annotated[Path, typer.Argument(help="Run folder: checkpoints/, train_log.jsonl, best/last.safetensors")],
+    preset: Annotated[str, typer.Option(help="paper | tiny")] = "paper",
+    backbone: Annotated[str, typer.Option(help="xception | resnet18 | resnet50")] = "xception",
+    pool: Annotated[str, typer.Option(help="Classifier global pooling: max | avg")] = "max",
+    image_size: Annotated[int | None, typer.Option(help="Override the preset's input size")] = None,
+    batch_size: Annotated[int, typer.Option(help="Per process, half real half fake")] = 16,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps (instead of --epochs)")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs over the larger class (default 100)")] = None,
+    lr: Annotated[float, typer.Option(help="Adam rate, destructor + reconstructor + classifier")] = 1e-4,
+    disc_lr: Annotated[float, typer.Option(help="Adam rate, discriminator")] = 2e-4,
+    no_emb: Annotated[bool, typer.Option("--no-emb", help="Switch off L_emb")] = False,
+    no_con: Annotated[bool, typer.Option("--no-con", help="Switch off L_con")] = False,
+    no_adv: Annotated[bool, typer.Option("--no-adv", help="Switch off L_adv and the discriminator")] = False,
+    freq_loss: Annotated[str, typer.Option(help="weighted | unweighted | none")] = "weighted",
+    lambda_rec: Annotated[float, typer.Option(help="λ_R")] = 0.1,
+    lambda_freq: Annotated[float, typer.Option(help="λ_freq")] = 1.0,
+    lambda_adv: Annotated[float, typer.Option(help="λ_adv")] = 0.1,
+    lambda_emb: Annotated[float, typer.Option(help="λ_emb")] = 0.1,
+    lambda_con: Annotated[float, typer.Option(help="λ_con")] = 0.1,
+    alpha_ramp_steps: Annotated[int | None, typer.Option(help="Steps for α to reach 1 (default: the whole run)")] = None,
+    center_every: Annotated[int | None, typer.Option(help="Steps between L_emb center updates (default: each epoch)")] = None,
+    val_every: Annotated[int, typer.Option(help="Steps between validations")] = 1000,
+    val_fraction: Annotated[float, typer.Option(help="Held-out share of groups when the data has no split")] = 0.1,
+    log_every: Annotated[int, typer.Option(help="Steps between log lines")] = 50,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints")] = 1000,
+    keep_checkpoints: Annotated[int, typer.Option(help="Step checkpoints kept")] = 2,
+    seed: Annotated[int, typer.Option()] = 0,
+    num_workers: Annotated[int, typer.Option(help="Data loader processes")] = 2,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    amp: Annotated[str, typer.Option(help="auto | none | bf16 | fp16 (CUDA only)")] = "auto",
+    vgg19_weights: Annotated[Path | None, typer.Option(help="Local VGG19 ImageNet file for L_con")] = None,
+    allow_random_vgg: Annotated[bool, typer.Option("--allow-random-vgg", help="Accept a random frozen VGG19")] = False,
+    xception_weights: Annotated[Path | None, typer.Option(help="Local Xception ImageNet file")] = None,
+    allow_random_init: Annotated[bool, typer.Option("--allow-random-init", help="Train the backbone from random init")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its latest checkpoint")] = False,
+    stop_at: Annotated[int | None, typer.Option(help="Stop at this step with a checkpoint (continue with --resume)")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
+) -> None:
+    """Train RALF jointly (paper eq. 11-12) and write deployable best/last weights next to the checkpoints."""
+    from trainer.loop import TrainingError
+    from trainer.loop import train as run_training
+
+    values: dict[str, Any] = {
+        "preset": preset, "backbone": backbone, "pool": pool, "image_size": image_size, "batch_size": batch_size,
+        "steps": steps, "epochs": epochs, "lr": lr, "disc_lr": disc_lr, "center_update_every": center_every,
+        "val_every": val_every, "val_fraction": val_fraction, "log_every": log_every,
+        "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints, "seed": seed,
+        "num_workers": num_workers, "device": device, "amp": amp, "vgg19_weights": vgg19_weights,
+        "allow_random_vgg": allow_random_vgg, "xception_weights": xception_weights,
+        "allow_random_init": allow_random_init,
+    }  # fmt: skip
+    loss: dict[str, Any] = {
+        "use_emb": not no_emb, "use_con": not no_con, "use_adv": not no_adv, "freq_weighting": freq_loss,
+        "lambda_rec": lambda_rec, "lambda_freq": lambda_freq, "lambda_adv": lambda_adv,
+        "lambda_emb": lambda_emb, "lambda_con": lambda_con, "alpha_ramp_steps": alpha_ramp_steps,
+    }  # fmt: skip
+    try:
+        if resume:
+            config = _resumed_config(ctx, output, values)
+        else:
+            config = TrainConfig(**values, loss=loss)
+        result = run_training(config, data, output, resume=resume, progress=progress, stop_at=stop_at)
+    except ValidationError as error:
+        fail(validation_message(error))
+    except (TrainingError, *USER_ERRORS) as error:
+        fail(str(error))
+    best = f"best validation AUC {result.best_auc:.4f} at step {result.best_step}" if result.best_auc is not None else "no validation"
+    out.print(f"trained {result.steps} steps in {result.seconds:.0f} s; {best}")
+    out.print(f"weights: {result.best_weights or '-'} (best), {result.last_weights} (last); log: {result.log_path}")
+
+
+def _resumed_config(ctx: typer.Context, output: Path, values: dict[str, Any]) -> TrainConfig:
+    """The checkpoint's config; options given on the command line override the resume-mutable fields
+    (and any other one given differently makes the resume refuse, naming it)."""
+    stored = load_checkpoint(latest_checkpoint(output / "checkpoints")).info.get("config")
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"the latest checkpoint in {output} holds no training config")
+    explicit = {name for name in values if _from_command_line(ctx, _PARAMETER_NAMES.get(name, name))}
+    merged = {**stored, **{name: values[name] for name in explicit}}
+    changed = sorted(n for n in explicit if n not in RESUME_MUTABLE_FIELDS and json.dumps(stored.get(n), default=str) != json.dumps(values[n], default=str))
+    if changed:
+        raise CheckpointError(f"cannot change {changed} when resuming; the run keeps its original settings")
+    return TrainConfig.model_validate(merged)
+
+
+def _from_command_line(ctx: typer.Context, parameter: str) -> bool:
+    # Compared by name: typer may ship its own copy of click's ParameterSource enum.
+    source = ctx.get_parameter_source(parameter)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+# CLI parameter names that differ from TrainConfig field names.
+_PARAMETER_NAMES = {"center_update_every": "center_every"}
+
+
+# --------------------------------------------------------------- evaluate
+@app.command()
+def evaluate(
+    weights: Annotated[Path, typer.Argument(help="Deployable weights (.safetensors with RALF metadata)")],
+    data: Annotated[Path, typer.Argument(help="Prepared crops (index.jsonl) or a folder layout of crop folders")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+    roc: Annotated[Path | None, typer.Option(help="Write the ROC curves to this PNG")] = None,
+    distortion: Annotated[str | None, typer.Option(help="contrast | blur | jpeg | pixelation (DeeperForensics level 2)")] = None,
+    aggregation: Annotated[str, typer.Option(help="Frame scores -> video score: mean | topk | median")] = "mean",
+    top_k: Annotated[int, typer.Option(help="Frames averaged by 'topk'")] = 5,
+    split: Annotated[str, typer.Option(help="auto (test when present, else all) | train | val | test | all")] = "auto",
+    threshold: Annotated[float | None, typer.Option(help="P(fake) threshold for accuracy (default: calibrated or 0.5)")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    batch_size: Annotated[int, typer.Option()] = 32,
+    num_workers: Annotated[int, typer.Option()] = 2,
+    progress: Annotated[bool, typer.Option(help="Show progress bars")] = True,
+) -> None:
+    """Acc, AUC, EER and AP at frame and video level; optional distortion with its AUC drop; ROC PNG."""
+    from trainer.evaluate import evaluate as run_evaluation
+    from trainer.evaluate import plot_roc
+
+    if distortion is not None:
+        _choice(distortion, DISTORTIONS, "--distortion")
+    _choice(aggregation, ("mean", "topk", "median"), "--aggregation")
+    _choice(split, ("auto", "train", "val", "test", "all"), "--split")
+    try:
+        report = run_evaluation(
+            weights, data, split=split, distortion=distortion, aggregation=aggregation, top_k=top_k,  # type: ignore[arg-type]
+            device=device, batch_size=batch_size, num_workers=num_workers, threshold=threshold,
+            progress=progress and not as_json,
+        )  # fmt: skip
+        if roc is not None:
+            plot_roc(report, roc)
+    except USER_ERRORS as error:
+        fail(str(error))
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=1))
+        return
+    out.print(_report_table(report))
+    if roc is not None:
+        out.print(f"ROC curves: {roc}")
+
+
+def _report_table(report: Any) -> Table:
+    table = Table(title=f"{report.model_version} on {report.data} ({report.split}, video = {report.aggregation})")
+    for column in ("run", "level", "Acc", "AUC", "EER", "AP", "real", "fake"):
+        table.add_column(column, justify="left" if column in ("run", "level") else "right")
+    for run in (report.clean, report.distorted):
+        if run is None:
+            continue
+        for level in ("frame", "video"):
+            metrics = getattr(run, level).metrics
+            if metrics is None:
+                table.add_row(run.distortion or "clean", level, "-", "-", "-", "-", "-", "-")
+                continue
+            table.add_row(
+                run.distortion or "clean", level, f"{metrics.accuracy:.4f}", f"{metrics.auc:.4f}",
+                f"{metrics.eer:.4f}", f"{metrics.average_precision:.4f}", str(metrics.num_real), str(metrics.num_fake),
+            )  # fmt: skip
+    drop = report.auc_drop()
+    if drop is not None:
+        for level, value in drop.items():
+            table.add_row("AUC drop", level, "", "-" if value is None else f"{value:+.4f}", "", "", "", "")
+    return table

@@ -1,0 +1,153 @@
+"""`ralf-cli train / evaluate / prepare` through typer's CliRunner: a tiny end-to-end run, and bad
+input (empty dataset, one class only, corrupt image, unreadable checkpoint or weights) giving one
+clear message and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from cli.main import app
+
+runner = CliRunner()
+TINY = [
+    "--preset", "tiny", "--image-size", "32", "--batch-size", "4", "--no-con", "--allow-random-init",
+    "--num-workers", "0", "--val-fraction", "0.25", "--no-progress", "--log-every", "1",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> object:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _crops(root: Path, real: int = 4, fake: int = 4, frames: int = 2, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for label, count in (("real", real), ("fake", fake)):
+        for video in range(count):
+            for frame in range(frames):
+                path = root / label / f"v{video}" / f"{frame}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    data = _crops(root / "data")
+    run = root / "run"
+    result = runner.invoke(app, ["train", str(data), str(run), *TINY, "--steps", "3", "--val-every", "3", "--stop-at", "2"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["train", str(data), str(run), "--resume", "--no-progress", "--num-workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert "trained 3 steps" in result.output
+    return data, run
+
+
+def test_train_writes_weights_log_and_checkpoints(trained: tuple[Path, Path]) -> None:
+    _, run = trained
+    assert (run / "best.safetensors").is_file() and (run / "last.safetensors").is_file()
+    from ralf.weights import read_metadata
+
+    metadata = read_metadata(run / "last.safetensors")
+    assert metadata.pretrained == {"classifier": "random-init", "vgg19": "unused"}
+    assert metadata.training["step"] == 3 and metadata.config.image_size == 32
+    steps = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 3]  # three train windows, one validation
+
+
+def test_resume_refuses_changed_options(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    result = runner.invoke(app, ["train", str(data), str(copy), "--resume", "--lr", "0.01", "--no-progress"])
+    assert result.exit_code == 2 and "cannot change ['lr'] when resuming" in result.output
+
+
+def test_evaluate_json_roc_and_distortion(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, run = trained
+    roc = tmp_path / "roc.png"
+    args = ["evaluate", str(run / "best.safetensors"), str(data), "--json", "--roc", str(roc), "--distortion", "blur"]
+    result = runner.invoke(app, [*args, "--num-workers", "0"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["split"] == "all" and report["clean"]["frame"]["num_real"] == 8
+    assert report["clean"]["video"]["num_fake"] == 4
+    assert 0.0 <= report["clean"]["frame"]["auc"] <= 1.0
+    assert report["auc_drop"]["frame"] == pytest.approx(
+        report["distorted"]["frame"]["auc"] - report["clean"]["frame"]["auc"]
+    )
+    assert roc.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = runner.invoke(app, ["evaluate", str(run / "last.safetensors"), str(data), "--no-progress", "--num-workers", "0"])
+    assert table.exit_code == 0 and "video" in table.output and "AUC" in table.output
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("empty", "neither a real/ nor a fake/"),
+        ("one_class", "only real crops"),
+        ("corrupt", "cannot read face crop"),
+        ("unreadable_checkpoint", "cannot read"),
+        ("no_checkpoint", "no checkpoint to resume from"),
+        ("missing_vgg", "--vgg19-weights"),
+    ],
+)
+def test_train_bad_input_clear_error(tmp_path: Path, case: str, message: str) -> None:
+    data = tmp_path / "data"
+    args = [*TINY, "--steps", "2"]
+    if case == "empty":
+        data.mkdir()
+    elif case == "one_class":
+        _crops(data, real=4, fake=0)
+    else:
+        _crops(data)
+    if case == "corrupt":
+        for video in range(4):  # one corrupt frame per fake video: the first batches must meet one
+            (data / "fake" / f"v{video}" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+        args = [*args, "--val-every", "100"]
+    run = tmp_path / "run"
+    if case == "unreadable_checkpoint":
+        assert runner.invoke(app, ["train", str(data), str(run), *args]).exit_code == 0
+        state = next((run / "checkpoints").glob("step_*/state.safetensors"))
+        state.write_bytes(state.read_bytes()[:100])
+        args = ["--resume", "--no-progress"]
+    if case == "no_checkpoint":
+        args = ["--resume"]
+    if case == "missing_vgg":
+        args = [a for a in args if a != "--no-con"]
+    result = runner.invoke(app, ["train", str(data), str(run), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_evaluate_bad_weights_and_one_class(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, run = trained
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x00" * 4)
+    result = runner.invoke(app, ["evaluate", str(broken), str(data)])
+    assert result.exit_code == 2 and "broken.safetensors" in result.output
+    reals = _crops(tmp_path / "reals", real=2, fake=0)
+    result = runner.invoke(app, ["evaluate", str(run / "last.safetensors"), str(reals), "--num-workers", "0"])
+    assert result.exit_code == 2 and "only real crops" in result.output
+    result = runner.invoke(app, ["evaluate", str(run / "last.safetensors"), str(data), "--distortion", "noise"])
+    assert result.exit_code == 2 and "--distortion must be one of" in result.output
+
+
+def test_prepare_bad_layout(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["prepare", str(tmp_path), str(tmp_path / "out"), "--layout", "ffpp"])
+    assert result.exit_code == 2 and "original_sequences" in result.output
+    result = runner.invoke(app, ["prepare", str(tmp_path / "nowhere"), str(tmp_path / "out")])
+    assert result.exit_code == 2 and "dataset folder not found" in result.output

@@ -1,0 +1,224 @@
+"""`ralf-cli evaluate`: Acc, AUC, EER and AP at frame and video level, optionally under a
+DeeperForensics level-2 distortion with the AUC drop against the clean run, and an ROC curve PNG."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline.aggregate import track_score
+from pipeline.options import AggregationName
+from ralf.model import RALF
+from ralf.weights import load_weights
+from trainer.data import CropRecord, FaceCropDataset, collate_crops, load_crop_records, require_both_classes, unwrap_batch
+from trainer.distortions import get_distortion
+from trainer.metrics import DetectionMetrics, detection_metrics, roc_curve
+
+SplitChoice = Literal["auto", "train", "val", "test", "all"]
+
+
+def predict_probabilities(
+    model: RALF,
+    dataset: FaceCropDataset,
+    device: torch.device,
+    batch_size: int,
+    num_workers: int = 0,
+    autocast: Callable[[], Any] = nullcontext,
+    progress: bool = False,
+    description: str = "score",
+) -> np.ndarray:
+    """P(fake) for every crop of `dataset`, in order (the model must be in eval mode)."""
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_crops,
+        generator=torch.Generator().manual_seed(0),  # never draw from the global RNG
+    )
+    scores = np.empty(len(dataset), dtype=np.float64)
+    with torch.no_grad():
+        for raw in tqdm(loader, desc=description, unit="batch", disable=not progress, leave=False):
+            batch = unwrap_batch(raw)
+            with autocast():
+                logits = model(batch.images.to(device))
+            scores[batch.indices.numpy()] = torch.sigmoid(logits.float()).cpu().numpy()
+    return scores
+
+
+def video_level(
+    records: Sequence[CropRecord], probabilities: np.ndarray, method: AggregationName = "mean", top_k: int = 5
+) -> tuple[np.ndarray, np.ndarray]:
+    """(is_fake, P(fake)) per video: its crops' scores aggregated like the scan pipeline's tracks."""
+    by_video: dict[str, list[float]] = defaultdict(list)
+    label: dict[str, bool] = {}
+    for record, probability in zip(records, probabilities):
+        by_video[record.video_id].append(float(probability))
+        label[record.video_id] = record.is_fake
+    videos = sorted(by_video)
+    scores = np.array([track_score(by_video[v], method, top_k) for v in videos])
+    return np.array([label[v] for v in videos], dtype=bool), scores
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    """Metrics of one pass at one level, with what the ROC plot needs."""
+
+    metrics: DetectionMetrics | None  # None when this level has a single class (e.g. one video per class missing)
+    labels: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass(frozen=True)
+class EvaluationPass:
+    distortion: str | None
+    frame: LevelResult
+    video: LevelResult
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "distortion": self.distortion,
+            "frame": self.frame.metrics.as_dict() if self.frame.metrics else None,
+            "video": self.video.metrics.as_dict() if self.video.metrics else None,
+        }
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    weights: Path
+    model_version: str
+    data: Path
+    split: str
+    threshold: float  # on P(fake), for accuracy
+    aggregation: str
+    clean: EvaluationPass
+    distorted: EvaluationPass | None
+
+    def auc_drop(self) -> dict[str, float | None] | None:
+        """Distorted minus clean AUC per level (negative = worse), as the paper's Table 3 reports."""
+        if self.distorted is None:
+            return None
+        drop: dict[str, float | None] = {}
+        for level in ("frame", "video"):
+            clean, bad = getattr(self.clean, level).metrics, getattr(self.distorted, level).metrics
+            drop[level] = bad.auc - clean.auc if clean and bad else None
+        return drop
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "weights": str(self.weights),
+            "model_version": self.model_version,
+            "data": str(self.data),
+            "split": self.split,
+            "threshold": self.threshold,
+            "aggregation": self.aggregation,
+            "clean": self.clean.as_dict(),
+            "distorted": self.distorted.as_dict() if self.distorted else None,
+            "auc_drop": self.auc_drop(),
+        }
+
+
+def choose_split(records: list[CropRecord], split: SplitChoice) -> tuple[list[CropRecord], str]:
+    """'auto': the test split when the data has one, otherwise every crop."""
+    if split == "all":
+        return records, "all"
+    if split == "auto":
+        if any(r.split == "test" for r in records):
+            return [r for r in records if r.split == "test"], "test"
+        return records, "all"
+    return [r for r in records if r.split == split], split
+
+
+def _level(labels: np.ndarray, scores: np.ndarray, threshold: float) -> LevelResult:
+    both = 0 < int(labels.sum()) < labels.size
+    return LevelResult(detection_metrics(labels, scores, threshold) if both else None, labels, scores)
+
+
+def evaluate(
+    weights: Path,
+    data: Path,
+    *,
+    split: SplitChoice = "auto",
+    distortion: str | None = None,
+    aggregation: AggregationName = "mean",
+    top_k: int = 5,
+    device: str = "auto",
+    batch_size: int = 32,
+    num_workers: int = 0,
+    threshold: float | None = None,
+    progress: bool = True,
+) -> EvaluationReport:
+    """Score every crop of `data` (a prepared folder or a crop folder layout) with `weights`."""
+    distort = get_distortion(distortion) if distortion is not None else None  # bad name fails before loading
+    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    model, metadata = load_weights(weights, target)
+    records, split_name = choose_split(load_crop_records(data), split)
+    require_both_classes(records, f"evaluation ({split_name})")
+    if threshold is None:
+        calibration = metadata.calibration
+        # A calibrated threshold is stored on the logit; accuracy here thresholds P(fake).
+        threshold = 1.0 / (1.0 + math.exp(-calibration.threshold)) if calibration is not None else 0.5
+    labels = np.array([r.is_fake for r in records], dtype=bool)
+
+    def run(transform: Callable[[np.ndarray], np.ndarray] | None, name: str | None) -> EvaluationPass:
+        dataset = FaceCropDataset(records, model.config.image_size, distortion=transform)
+        frame_scores = predict_probabilities(
+            model, dataset, target, batch_size, num_workers, progress=progress, description=name or "clean"
+        )
+        video_labels, video_scores = video_level(records, frame_scores, aggregation, top_k)
+        return EvaluationPass(name, _level(labels, frame_scores, threshold), _level(video_labels, video_scores, threshold))
+
+    clean = run(None, None)
+    distorted = run(distort, distortion) if distort is not None else None
+    return EvaluationReport(
+        weights=Path(weights),
+        model_version=metadata.model_version,
+        data=Path(data),
+        split=split_name,
+        threshold=threshold,
+        aggregation=aggregation,
+        clean=clean,
+        distorted=distorted,
+    )
+
+
+def plot_roc(report: EvaluationReport, path: Path) -> Path:
+    """ROC curves (frame and video level, clean and distorted) into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    from matplotlib import pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5.5, 5.0), dpi=120)
+    for run in (report.clean, report.distorted):
+        if run is None:
+            continue
+        for level_name, style in (("frame", "-"), ("video", "--")):
+            level: LevelResult = getattr(run, level_name)
+            if level.metrics is None:
+                continue
+            fpr, tpr, _ = roc_curve(level.labels, level.scores)
+            label = f"{level_name} {run.distortion or 'clean'} (AUC {level.metrics.auc:.3f})"
+            axis.plot(fpr, tpr, style, label=label)
+    axis.plot([0, 1], [0, 1], ":", color="grey", linewidth=0.8)
+    axis.set_xlabel("false positive rate (real called fake)")
+    axis.set_ylabel("true positive rate (fake detected)")
+    axis.set_title(f"ROC, {report.model_version}")
+    axis.legend(loc="lower right", fontsize=8)
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.01)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, bbox_inches="tight")
+    plt.close(figure)
+    return path
