@@ -65,7 +65,9 @@ def summary(name: str, latencies: list[float], wall_s: float, service: list[floa
 
 def make_clips(directory: Path, count: int, frames: int, size: tuple[int, int]) -> list[Path]:
     return [
-        synthetic.write_face_clip(directory / f"clip{i:03d}.mp4", codec="h264", num_frames=frames, size=size, seed=i + 1)
+        synthetic.write_face_clip(
+            directory / f"clip{i:03d}.mp4", codec="h264", num_frames=frames, size=size, seed=i + 1
+        )
         for i in tqdm(range(count), desc="generating clips", leave=False)
     ]
 

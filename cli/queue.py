@@ -66,7 +66,9 @@ def enqueue(
     wait: Annotated[bool, typer.Option("--wait", help="Block until done, with progress; print the verdicts")] = False,
     priority: Annotated[Priority, typer.Option(help="Queue: high, default or low")] = "default",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Scan again even if this video was already enqueued")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Scan again even if already enqueued (also redoes a failed job)")
+    ] = False,
     every_n: Annotated[int | None, typer.Option(min=1, help="Sample every n-th frame")] = None,
     target_fps: Annotated[float | None, typer.Option(min=0.001, help="Sample this many frames per second")] = None,
     max_frames: Annotated[int | None, typer.Option(min=1, help="Sample at most this many frames")] = None,
@@ -76,7 +78,9 @@ def enqueue(
     """Put one scan job per video on the queue and print the job ids (the same video twice gives the same job)."""
     settings = _settings()
     try:
-        overrides = ScanOverrides(every_n=every_n, target_fps=target_fps, max_frames=max_frames, aggregation=aggregation)
+        overrides = ScanOverrides(
+            every_n=every_n, target_fps=target_fps, max_frames=max_frames, aggregation=aggregation
+        )
     except ValidationError as exc:
         err.print(f"[red]invalid scan options:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -279,7 +283,9 @@ def jobs(
 @app.command("worker")
 def worker_command(
     burst: Annotated[bool, typer.Option("--burst", help="Quit when the queues are empty")] = False,
-    mode: Annotated[WorkerMode | None, typer.Option(help="fork | in-process | auto (default: RALF_WORKER_MODE)")] = None,
+    mode: Annotated[
+        WorkerMode | None, typer.Option(help="fork | in-process | auto (default: RALF_WORKER_MODE)")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Worker name (default: random)")] = None,
     warm_up: Annotated[bool, typer.Option(help="Run one warm-up scan before taking jobs")] = True,
     max_jobs: Annotated[int | None, typer.Option(min=1, help="Quit after this many jobs")] = None,
@@ -306,6 +312,9 @@ def worker_command(
         )
     except RedisError as exc:
         raise _redis_failure(exc, settings) from None
+    except ValueError as exc:  # setup problems: weights or detector files missing, CUDA absent
+        err.print(f"[red]cannot start the worker:[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -52,9 +52,8 @@ def check_rq_worker(args: list[str]) -> None:
 
 def commands() -> list[tuple[str, list[str]]]:
     found = [(name, argv_of(service["command"])) for name, service in SERVICES.items() if "command" in service]
-    dockerfile_cmd = [
-        line.removeprefix("CMD").strip() for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD")
-    ]
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    dockerfile_cmd = [line.removeprefix("CMD").strip() for line in lines if line.startswith("CMD")]
     found += [("Dockerfile", json.loads(cmd)) for cmd in dockerfile_cmd]
     return found
 

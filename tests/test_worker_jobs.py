@@ -108,7 +108,9 @@ class FakeRqJob:
         self.saved.append(json.loads(json.dumps(self.meta)))
 
 
-def test_out_of_memory_retries_at_half_batch(setup: tuple[Settings, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_out_of_memory_retries_at_half_batch(
+    setup: tuple[Settings, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings, clip, _ = setup
     seen_batches: list[int] = []
 

@@ -125,6 +125,9 @@ def delete_own_keys(connection: redis.Redis) -> None:
         mine = [m for m in connection.smembers(shared) if PREFIX.encode() in m]
         if mine:
             connection.srem(shared, *mine)
+    for key in connection.scan_iter(match="rq:scheduler:*"):  # named by uuid; our queues are in the hash
+        if PREFIX.encode() in (connection.hget(key, "queues") or b""):
+            connection.delete(key)
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +192,9 @@ def ralf_worker(env: dict[str, str], tmp: Path, name: str, *, burst: bool = Fals
 
 
 @pytest.fixture(scope="module")
-def pool(env: dict[str, str], connection: redis.Redis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[WorkerProcess]]:
+def pool(
+    env: dict[str, str], connection: redis.Redis, tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[list[WorkerProcess]]:
     """Two long-running `ralf-cli worker` processes (preloaded model, forked horses)."""
     logs = tmp_path_factory.mktemp("worker-logs")
     workers = [ralf_worker(env, logs, f"{PREFIX}-w{i}") for i in (1, 2)]
@@ -234,7 +239,9 @@ def invoke(*args: str) -> tuple[int, str]:
 
 
 # --- tests ----------------------------------------------------------------------------------------
-def test_bad_inputs_are_refused_at_enqueue(env: dict[str, str], media: Path, tmp_path: Path, connection: redis.Redis) -> None:
+def test_bad_inputs_are_refused_at_enqueue(
+    env: dict[str, str], media: Path, tmp_path: Path, connection: redis.Redis,
+) -> None:
     outside = synthetic.write_face_clip(tmp_path / "outside.mp4", codec="h264", num_frames=2, size=(160, 120))
     escape = media / "escape.mp4"
     escape.symlink_to(outside)
@@ -247,7 +254,9 @@ def test_bad_inputs_are_refused_at_enqueue(env: dict[str, str], media: Path, tmp
     assert all(queue.count == 0 for queue in all_queues(Settings(), connection))
 
 
-def test_worker_verdict_equals_scan(env: dict[str, str], media: Path, settings: Settings, connection: redis.Redis, tmp_path: Path) -> None:
+def test_worker_verdict_equals_scan(
+    env: dict[str, str], media: Path, settings: Settings, connection: redis.Redis, tmp_path: Path,
+) -> None:
     clip = media / "face.mp4"
     code, output = invoke("enqueue", str(clip), "--json")
     assert code == 0, output
@@ -283,7 +292,9 @@ def test_worker_verdict_equals_scan(env: dict[str, str], media: Path, settings: 
     assert json.loads(output)["jobs"][0]["created"] is True
 
 
-def test_forty_jobs_two_workers_each_exactly_once(pool: list[WorkerProcess], media: Path, settings: Settings, connection: redis.Redis) -> None:
+def test_forty_jobs_two_workers_each_exactly_once(
+    pool: list[WorkerProcess], media: Path, settings: Settings, connection: redis.Redis,
+) -> None:
     clips = sorted(media.glob("many*.mp4"))
     assert len(clips) == 40
     job_ids = [enqueue_scan(connection, settings, str(clip)).job_id for clip in clips]
@@ -322,7 +333,9 @@ def test_bad_inputs_give_error_verdicts_and_workers_keep_running(
     assert all(w.alive() for w in pool)
 
 
-def test_unreachable_download_is_retried_then_listed_as_failed(pool: list[WorkerProcess], settings: Settings, connection: redis.Redis) -> None:
+def test_unreachable_download_is_retried_then_listed_as_failed(
+    pool: list[WorkerProcess], settings: Settings, connection: redis.Redis,
+) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -338,7 +351,9 @@ def test_unreachable_download_is_retried_then_listed_as_failed(pool: list[Worker
     assert code == 1 and "cannot reach" in output
 
 
-def test_killed_worker_job_is_rerun_by_the_other(pool: list[WorkerProcess], media: Path, settings: Settings, connection: redis.Redis) -> None:
+def test_killed_worker_job_is_rerun_by_the_other(
+    pool: list[WorkerProcess], media: Path, settings: Settings, connection: redis.Redis,
+) -> None:
     job_id = enqueue_scan(connection, settings, str(media / "long.mp4"), overrides=ScanOverrides(every_n=1)).job_id
     job = fetch_job(connection, job_id)
 
@@ -392,12 +407,13 @@ def test_nothing_lost_when_redis_restarts(env: dict[str, str], media: Path, tmp_
         server.wait()
         server = start_redis(port, data_dir)
         assert all_queues(own, connection)[1].count == 3
-        worker = rq_worker(
-            {**env, "RALF_REDIS_URL": url}, tmp_path, f"{PREFIX}-restart", burst=True, url=url, preload=True
-        )
+        # in-process mode (what CUDA workers use), here on CPU
+        worker_env = {**env, "RALF_REDIS_URL": url, "RALF_WORKER_MODE": "in-process"}
+        worker = rq_worker(worker_env, tmp_path, f"{PREFIX}-restart", burst=True, url=url, preload=True)
         assert worker.wait(180) == 0, worker.tail()
         jobs = Job.fetch_many(job_ids, connection=connection, serializer=JSONSerializer)
         assert [job.get_status().value for job in jobs] == ["finished"] * 3
+        assert "jobs run in this process" in worker.log.read_text()
     finally:
         server.kill()
         server.wait()

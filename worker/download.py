@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from worker.sources import URL_SCHEMES
@@ -50,7 +51,7 @@ def _suffix(url: str) -> str:
     return suffix if 1 < len(suffix) <= 6 and suffix[1:].isalnum() else ""
 
 
-def _open(url: str, timeout_s: float):  # type: ignore[no-untyped-def]
+def _open(url: str, timeout_s: float) -> http.client.HTTPResponse:
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     try:
         return _opener().open(request, timeout=timeout_s)
@@ -86,7 +87,9 @@ def download(url: str, dest_dir: Path | None, *, max_bytes: int, timeout_s: floa
     return path
 
 
-def _copy_capped(response, out, *, url: str, max_bytes: int, deadline: float, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
+def _copy_capped(
+    response: http.client.HTTPResponse, out: BinaryIO, *, url: str, max_bytes: int, deadline: float, timeout_s: float
+) -> None:
     received = 0
     while True:
         if time.monotonic() > deadline:

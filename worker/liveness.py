@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -62,13 +63,17 @@ class LivenessBeat:
         return self
 
     def _run(self) -> None:
+        reap_after = 0.0
         while not self._stop.wait(self.interval_s):
             try:
                 self.beat()
-                if self.queues:
+                if self.queues and time.monotonic() >= reap_after:
                     requeue_abandoned(self.connection, self.settings, self.queues)
             except RedisError as exc:  # Redis restarting: keep beating once it is back
                 log.warning("liveness beat of %s failed: %s", self.worker_name, exc)
+                # After an outage every key may have expired: give live workers one TTL to beat
+                # again before judging anyone dead.
+                reap_after = time.monotonic() + self.settings.worker_liveness_ttl_s + self.interval_s
 
     def stop(self, *, forget: bool = True) -> None:
         """Stop beating; `forget` also removes the worker's keys (clean shutdown)."""

@@ -22,7 +22,6 @@ from rq.serializers import JSONSerializer
 
 from pipeline.verdict import Verdict
 from worker.jobs import JOB_FUNCTION, ScanJob, ScanOverrides, job_id_for
-from worker.liveness import requeue_abandoned
 from worker.settings import PRIORITIES, Priority, Settings
 from worker.sources import SourceRefused, check_source, sha256_file
 
@@ -250,7 +249,6 @@ def job_verdict(job: Job) -> Verdict | None:
 def list_jobs(connection: Redis, settings: Settings, *, failed: bool = False) -> list[JobState]:
     """Jobs across the three queues: failed ones only, or everything queued, running, waiting or done."""
     queues = all_queues(settings, connection)
-    requeue_abandoned(connection, settings, queues)  # dead workers' jobs show up as re-queued, not running
     ids: list[str] = []
     for queue in queues:
         if failed:

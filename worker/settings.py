@@ -48,7 +48,9 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
         description="Prefix of job ids and of every key stored besides rq's own",
     )
-    redis_retries: int = Field(3, ge=0, description="Retries (exponential back-off) of a Redis command on a connection error")
+    redis_retries: int = Field(
+        3, ge=0, description="Retries (exponential back-off) of a Redis command on a connection error"
+    )
 
     # --- inputs -------------------------------------------------------------------------
     media_roots: Annotated[list[Path], NoDecode] = Field(
@@ -84,7 +86,8 @@ class Settings(BaseSettings):
         default_factory=lambda: [10, 60, 300], description="Back-off between retries, seconds"
     )
     worker_mode: WorkerMode = Field(
-        "auto", description="fork: a work horse per job (CPU); in-process: jobs run in the worker (CUDA); auto: by device"
+        "auto",
+        description="fork: a work horse per job (CPU); in-process: jobs run in the worker (CUDA); auto: by device",
     )
     torch_threads: int = Field(0, ge=0, description="CPU threads per scan; 0 = PyTorch's default (all cores)")
     worker_liveness_ttl_s: int = Field(

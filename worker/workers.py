@@ -81,6 +81,8 @@ class ScanWorker(Worker):
             time.perf_counter() - loaded,
             "in forked work horses" if self.fork_jobs else "in this process",
         )
+        for warning in scanner.warnings:
+            self.log.warning("Worker %s: %s", self.name, warning)
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         self.prepare_model()
