@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from rq import Worker
@@ -48,10 +49,22 @@ def resolve_mode(mode: WorkerMode, settings: Settings) -> WorkerMode:
 class ScanWorker(Worker):
     """rq worker with a preloaded, warmed-up Scanner, fork or in-process jobs, and liveness keys."""
 
-    def __init__(self, *args: Any, mode: WorkerMode | None = None, warm_up: bool = True, **kwargs: Any) -> None:
-        # JSON is the only serializer of this project; `rq worker -w` passes it explicitly anyway.
-        kwargs["serializer"] = kwargs.get("serializer") or JSONSerializer
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        queues: str | Queue | Sequence[str | Queue],
+        *args: Any,
+        mode: WorkerMode | None = None,
+        warm_up: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        # JSON is the only wire format of this project. `rq worker` passes its pickle default unless
+        # told otherwise (and builds its queues with it), so the serializer is fixed here and the
+        # queues are rebuilt from their names.
+        listed = [queues] if isinstance(queues, (str, Queue)) else list(queues)
+        if kwargs.get("connection") is None and isinstance(listed[0], Queue):
+            kwargs["connection"] = listed[0].connection
+        kwargs["serializer"] = JSONSerializer
+        super().__init__([q.name if isinstance(q, Queue) else q for q in listed], *args, **kwargs)
         self.settings = worker_settings()
         self.mode = resolve_mode(mode or self.settings.worker_mode, self.settings)
         self.warm_up = warm_up
