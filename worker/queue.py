@@ -23,7 +23,7 @@ from rq.serializers import JSONSerializer
 from pipeline.verdict import Verdict
 from worker.jobs import JOB_FUNCTION, ScanJob, ScanOverrides, job_id_for
 from worker.settings import PRIORITIES, Priority, Settings
-from worker.sources import SourceRefused, check_source, sha256_file
+from worker.sources import check_source, sha256_file
 
 
 class JobNotFound(LookupError):
@@ -260,17 +260,3 @@ def list_jobs(connection: Redis, settings: Settings, *, failed: bool = False) ->
     jobs = Job.fetch_many(list(dict.fromkeys(ids)), connection=connection, serializer=JSONSerializer)
     return [job_state(job) for job in jobs if job is not None]
 
-
-__all__ = [
-    "EnqueueRefused",
-    "EnqueuedJob",
-    "JobNotFound",
-    "JobState",
-    "SourceRefused",
-    "connect",
-    "enqueue_scan",
-    "fetch_job",
-    "job_state",
-    "job_verdict",
-    "list_jobs",
-]
