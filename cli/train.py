@@ -6,6 +6,7 @@ Exit codes: 0 done, 2 bad input or a run that cannot start / continue (the messa
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -170,6 +171,8 @@ def train(
         fail(validation_message(error))
     except (TrainingError, *USER_ERRORS) as error:
         fail(str(error))
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only rank 0 reports
     best = f"best validation AUC {result.best_auc:.4f} at step {result.best_step}" if result.best_auc is not None else "no validation"
     out.print(f"trained {result.steps} steps in {result.seconds:.0f} s; {best}")
     out.print(f"weights: {result.best_weights or '-'} (best), {result.last_weights} (last); log: {result.log_path}")

@@ -1,0 +1,56 @@
+"""`torchrun` with two CPU processes (gloo): DDP training, rank-0 files, and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def _torchrun() -> list[str]:
+    if shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists():
+        pytest.skip("torchrun not installed")
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def _crops(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for label in ("real", "fake"):
+        for video in range(4):
+            for frame in range(3):
+                path = root / label / f"v{video}" / f"{frame}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+    return root
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_and_resume(tmp_path: Path) -> None:
+    data = _crops(tmp_path / "data")
+    run = tmp_path / "run"
+    base = [
+        *_torchrun(), "-m", "cli.main", "train", str(data), str(run), "--preset", "tiny", "--image-size", "32",
+        "--batch-size", "4", "--allow-random-init", "--no-con", "--num-workers", "0", "--val-fraction", "0.25",
+        "--steps", "4", "--val-every", "4", "--log-every", "1", "--center-every", "2", "--no-progress",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    cwd = Path(__file__).resolve().parents[1]
+    first = subprocess.run([*base, "--stop-at", "2"], env=env, cwd=cwd, capture_output=True, text=True, timeout=240)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.count("trained 2 steps") == 1  # rank 0 reports, rank 1 stays quiet
+    second = subprocess.run([*base, "--resume"], env=env, cwd=cwd, capture_output=True, text=True, timeout=240)
+    assert second.returncode == 0, second.stderr[-3000:]
+    state = json.loads((run / "checkpoints" / "latest.json").read_text())
+    assert state["step"] == 4
+    checkpoint = json.loads((run / "checkpoints" / state["path"] / "state.json").read_text())
+    assert checkpoint["world_size"] == 2
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["event"] == "train"] == [1, 2, 3, 4]
+    assert (run / "best.safetensors").is_file() and (run / "last.safetensors").is_file()
