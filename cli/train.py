@@ -69,6 +69,7 @@ def prepare(
     methods: Annotated[str, typer.Option(help="FF++ manipulations, comma separated")] = ",".join(FFPP_METHODS),
     splits_dir: Annotated[Path | None, typer.Option(help="FF++ train/val/test.json folder (default SRC/splits or SRC)")] = None,
     min_face_size: Annotated[int, typer.Option(help="Smallest face side in pixels")] = 20,
+    min_score: Annotated[float, typer.Option(help="Ignore faces the detector scores lower")] = 0.9,
     device: Annotated[str, typer.Option(help="cpu | cuda (face detection)")] = "cpu",
     decoder: Annotated[str, typer.Option(help="auto | dali | pyav")] = "auto",
 ) -> None:
@@ -84,7 +85,8 @@ def prepare(
             layout_options["splits_dir"] = splits_dir
     try:
         options = PrepareOptions(
-            frames=frames, margin=margin, size=size, min_face_size=min_face_size, device=device, decoder=decoder
+            frames=frames, margin=margin, size=size, min_face_size=min_face_size, min_score=min_score,
+            device=device, decoder=decoder,
         )
         summary = run_prepare(source, output, layout, options, layout_options)
     except ValidationError as error:

@@ -103,3 +103,17 @@ def test_safe_relative_paths_and_even_spacing() -> None:
     assert evenly_spaced(100, 5) == [0, 25, 50, 74, 99]
     assert safe_relative("Deepfakes/000_003") == Path("Deepfakes/000_003")
     assert safe_relative("../../etc/pass wd") == Path("__/__/etc/pass_wd")
+
+
+def test_main_face_is_the_largest_confident_one() -> None:
+    from pipeline.faces import Detections
+
+    from trainer.prepare import main_face
+
+    detections = Detections(
+        boxes=torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 50.0, 50.0], [0.0, 0.0, 90.0, 90.0]]),
+        scores=torch.tensor([0.99, 0.95, 0.5]),
+    )
+    box, score = main_face(detections, min_score=0.9)
+    assert box.tolist() == [0.0, 0.0, 50.0, 50.0] and score == pytest.approx(0.95)
+    assert main_face(detections, min_score=0.999) is None

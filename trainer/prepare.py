@@ -1,7 +1,7 @@
 """`ralf-cli prepare`: face crops for training from a dataset of videos (or of frame folders).
 
-For every video: N frames evenly over its whole length (fewer when it has fewer), MTCNN, the most
-confident face per frame, a square crop with margin resized to the model size, saved as PNG.
+For every video: N frames evenly over its whole length (fewer when it has fewer), MTCNN, the largest
+face scoring >= min_score per frame, a square crop with margin resized to the model size, saved as PNG.
 OUT gets `crops/`, `index.jsonl` (one row per crop: path, video id, group, frame index, label,
 split, box, detector score) and `videos.jsonl` (one row per video: ok / no_face / error, counts).
 A re-run skips videos already in videos.jsonl; crops of a video interrupted half-way are redone.
@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from pipeline.crops import crop_faces
 from pipeline.decode import Sampling, VideoDecodeError, open_video
-from pipeline.faces import FaceDetector, build_detector
+from pipeline.faces import Detections, FaceDetector, build_detector
 from trainer.data import INDEX_FILE, CropRow, ImageReadError, read_rgb, write_index_rows
 from trainer.layouts import IMAGE_SUFFIXES, VideoEntry, read_layout
 
@@ -42,6 +42,7 @@ class PrepareOptions(BaseModel):
     margin: float = Field(0.3, ge=0, description="Crop enlargement around the face box, fraction of its side")
     size: int = Field(256, ge=8, description="Side of the saved square crops")
     min_face_size: int = Field(20, ge=12, description="Smallest face side (pixels) MTCNN looks for")
+    min_score: float = Field(0.9, ge=0, le=1, description="Faces scoring lower are ignored")
     device: str = "cpu"
     decoder: Literal["auto", "dali", "pyav"] = "auto"
 
@@ -131,21 +132,34 @@ def extract_video(
     return VideoRow(**base, status=status, frames=searched, crops=len(rows)), rows
 
 
+def main_face(detections: Detections, min_score: float) -> tuple[torch.Tensor, float] | None:
+    """(box, score) of the largest face scoring >= min_score, or None.
+
+    One face per frame: a fake video's forged face is its main one, and other faces in the frame
+    would carry the video's label without being forged.
+    """
+    keep = detections.scores >= min_score
+    if not bool(keep.any()):
+        return None
+    boxes, scores = detections.boxes[keep].float().cpu(), detections.scores[keep].float().cpu()
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    largest = int(areas.argmax())
+    return boxes[largest], float(scores[largest])
+
+
 def _crop_chunk(
     chunk: SampledFrames, detector: FaceDetector, options: PrepareOptions, out: Path, folder: Path, entry: VideoEntry
 ) -> list[CropRow]:
     detections = detector.detect(chunk.frames.to(detector.device))
-    # The most confident face per frame: a fake video's forged face is its main one, and other
-    # faces in the frame would carry the video's label without being forged.
-    found = [(position, d) for position, d in enumerate(detections) if len(d) > 0]
+    found = [(position, main) for position, d in enumerate(detections) if (main := main_face(d, options.min_score))]
     if not found:
         return []
     positions = torch.tensor([p for p, _ in found])
-    boxes = torch.stack([d.boxes[0].float().cpu() for _, d in found])
+    boxes = torch.stack([box for _, (box, _) in found])
     crops = crop_faces(chunk.frames.cpu(), positions, boxes, options.size, options.margin)
     pixels = (crops.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     rows = []
-    for (position, d), image in zip(found, pixels):
+    for (position, (box, score)), image in zip(found, pixels):
         frame_index = chunk.indices[position]
         relative = folder / f"f{frame_index:06d}.png"
         Image.fromarray(image).save(out / relative)
@@ -157,8 +171,8 @@ def _crop_chunk(
                 frame_index=frame_index,
                 label="fake" if entry.is_fake else "real",
                 split=entry.split,
-                box=tuple(float(v) for v in d.boxes[0].tolist()),
-                score=float(d.scores[0]),
+                box=tuple(float(v) for v in box.tolist()),
+                score=score,
                 source=entry.source,
             )
         )
