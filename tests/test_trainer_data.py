@@ -206,3 +206,13 @@ def test_balanced_plan_is_balanced_deterministic_and_rank_disjoint() -> None:
     assert ranks[0].batches_per_epoch == 2
     fakes = [{i for i, _ in p.batch(0, pos) if is_fake[i]} for p in ranks for pos in range(2)]
     assert len(set().union(*fakes)) == 8  # ranks draw different fakes
+
+
+def test_validation_carved_from_train_when_data_has_none(tmp_path: Path) -> None:
+    _crop_tree(tmp_path / "d" / "train", real=4, fake=4)
+    _crop_tree(tmp_path / "d" / "test", real=1, fake=1)
+    records = data.ensure_validation(data.load_crop_records(tmp_path / "d"), val_fraction=0.25, seed=0)
+    val = data.select_split(records, "val")
+    data.require_both_classes(val, "validation")
+    assert all(r.video_id.startswith("train/") for r in val)
+    assert {r.split for r in records if r.video_id.startswith("test/")} == {"test"}

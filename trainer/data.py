@@ -132,6 +132,19 @@ def split_by_group(records: Sequence[CropRecord], val_fraction: float, seed: int
     return [replace(r, split="val" if r.group_id in val_groups else "train") for r in records]
 
 
+def ensure_validation(records: Sequence[CropRecord], val_fraction: float, seed: int) -> list[CropRecord]:
+    """Group-wise splits, and a validation share carved from the training groups when the data's own
+    splits have none (e.g. only train/ and test/ folders)."""
+    records = split_by_group(records, val_fraction, seed)
+    if any(r.split == "val" for r in records):
+        return records
+    train = [replace(r, split=None) for r in records if r.split == "train"]
+    if not train:
+        return records
+    carved = iter(split_by_group(train, val_fraction, seed))
+    return [next(carved) if r.split == "train" else r for r in records]
+
+
 def select_split(records: Sequence[CropRecord], split: Split) -> list[CropRecord]:
     return [r for r in records if r.split == split]
 

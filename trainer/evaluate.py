@@ -160,7 +160,11 @@ def evaluate(
 ) -> EvaluationReport:
     """Score every crop of `data` (a prepared folder or a crop folder layout) with `weights`."""
     distort = get_distortion(distortion) if distortion is not None else None  # bad name fails before loading
-    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} requested but CUDA is not available")
+    target = torch.device(device)
     model, metadata = load_weights(weights, target)
     records, split_name = choose_split(load_crop_records(data), split)
     require_both_classes(records, f"evaluation ({split_name})")

@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, ContextManager
 
@@ -44,10 +45,10 @@ from trainer.data import (
     CropRecord,
     FaceCropDataset,
     collate_crops,
+    ensure_validation,
     load_crop_records,
     require_both_classes,
     select_split,
-    split_by_group,
     unwrap_batch,
 )
 from trainer.evaluate import predict_probabilities, video_level
@@ -105,7 +106,8 @@ def setup_runtime(config: TrainConfig) -> Runtime:
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if want_cuda else "gloo")
+        # Rank 0 validates alone while the others wait: allow for a long validation set.
+        dist.init_process_group(backend="nccl" if want_cuda else "gloo", timeout=timedelta(minutes=60))
     amp = config.amp
     if amp == "auto":
         amp = "bf16" if want_cuda and torch.cuda.is_bf16_supported() else "none"
@@ -189,7 +191,7 @@ class Trainer:
 
     def _load_data(self) -> None:
         cfg = self.config
-        records = split_by_group(load_crop_records(self.data_dir), cfg.val_fraction, cfg.seed)
+        records = ensure_validation(load_crop_records(self.data_dir), cfg.val_fraction, cfg.seed)
         self.train_records = select_split(records, "train")
         self.val_records = select_split(records, "val")
         require_both_classes(self.train_records, "training")
