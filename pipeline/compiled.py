@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib
 import importlib.util
 import platform
 from collections.abc import Callable
@@ -77,6 +78,8 @@ class EngineArtifact(BaseModel):
     device: Literal["cpu", "cuda"]
     device_name: str
     cuda_capability: str | None = None
+    # ATen's CPU vector ISA (e.g. AVX512): Inductor's CPU code uses it, and fails on a CPU without it.
+    cpu_capability: str | None = None
     torch_version: str
     torch_tensorrt_version: str | None = None
     tensorrt_version: str | None = None
@@ -226,9 +229,10 @@ def export_engine(
         device=device,  # type: ignore[arg-type]
         device_name=device_name(device),
         cuda_capability=_cuda_capability() if device == "cuda" else None,
+        cpu_capability=torch.backends.cpu.get_cpu_capability() if device == "cpu" else None,
         torch_version=torch.__version__,
-        torch_tensorrt_version=_package_version("torch_tensorrt") if engine == "tensorrt" else None,
-        tensorrt_version=_package_version("tensorrt") if engine == "tensorrt" else None,
+        torch_tensorrt_version=_module_version("torch_tensorrt") if engine == "tensorrt" else None,
+        tensorrt_version=_module_version("tensorrt") if engine == "tensorrt" else None,
         weights_file=weights_path.name,
         model_version=metadata.model_version,
         weights_digest=model_digest(model),
@@ -269,6 +273,12 @@ def model_digest(model: nn.Module) -> str:
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine() or "cpu"
 
 
@@ -277,15 +287,12 @@ def _cuda_capability() -> str:
     return f"{major}.{minor}"
 
 
-def _package_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    for dist in (name, name.replace("_", "-")):
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            continue
-    return None
+def _module_version(name: str) -> str | None:
+    """`__version__` of an importable module (torch_tensorrt, tensorrt), None when it is absent."""
+    try:
+        return str(importlib.import_module(name).__version__)
+    except ImportError:
+        return None
 
 
 def parity_gap(
@@ -332,6 +339,11 @@ def check_artifact(
         raise ArtifactRejected(f"built for {info.device}, this scan runs on {device.type}")
     if info.torch_version != torch.__version__:
         raise ArtifactRejected(f"built with torch {info.torch_version}, running {torch.__version__}; export again")
+    if info.device == "cpu" and info.cpu_capability != torch.backends.cpu.get_cpu_capability():
+        raise ArtifactRejected(
+            f"built for CPUs with {info.cpu_capability}, this CPU has {torch.backends.cpu.get_cpu_capability()}; "
+            "export again on this machine"
+        )
     if info.device == "cuda" and info.cuda_capability != _cuda_capability():
         raise ArtifactRejected(
             f"built for GPU compute capability {info.cuda_capability} ({info.device_name}), this GPU is "
@@ -340,9 +352,9 @@ def check_artifact(
     if info.runtime == "tensorrt":
         if importlib.util.find_spec("torch_tensorrt") is None:
             raise ArtifactRejected("torch_tensorrt is not installed here")
-        for package, built in (("torch_tensorrt", info.torch_tensorrt_version), ("tensorrt", info.tensorrt_version)):
-            if _package_version(package) != built:
-                raise ArtifactRejected(f"built with {package} {built}, running {_package_version(package)}")
+        for module, built in (("torch_tensorrt", info.torch_tensorrt_version), ("tensorrt", info.tensorrt_version)):
+            if _module_version(module) != built:
+                raise ArtifactRejected(f"built with {module} {built}, running {_module_version(module)}")
     if info.runtime == "eager":
         raise ArtifactRejected("an eager sidecar has no artifact to load")
     path = sidecar.parent / info.artifact

@@ -121,3 +121,24 @@ def test_a_modified_artifact_is_refused(exported: tuple[Path, Path], tmp_path: P
     engine, warnings = load_engine(model, ScanOptions(device="cpu"), weights)  # auto warns too
     assert engine.name == "eager"
     assert "changed since export" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("cpu_capability", "NO_AVX", "built for CPUs with NO_AVX"),
+        ("torch_version", "2.0.0", "built with torch 2.0.0"),
+        ("image_size", 128, "built for 128px crops"),
+    ],
+)
+def test_an_artifact_from_another_machine_is_refused(
+    exported: tuple[Path, Path], tmp_path: Path, field: str, value: object, reason: str
+) -> None:
+    weights = _copy(exported, tmp_path)
+    sidecar = weights.with_name("tiny.compile-cpu-fp32.json")
+    info = read_sidecar(sidecar).model_copy(update={field: value})
+    sidecar.write_text(info.model_dump_json())
+    model, _ = load_weights(weights)
+    engine, warnings = load_engine(model, ScanOptions(device="cpu", engine="compile"), weights)
+    assert engine.name == "eager"
+    assert reason in warnings[0]
