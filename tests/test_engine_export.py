@@ -149,3 +149,21 @@ def test_unreadable_sidecar_is_a_warning_not_a_crash(tiny_model: RALF, tmp_path:
     engine, warnings = load_engine(tiny_model, ScanOptions(device="cpu"), path)
     assert engine.name == "eager"
     assert any("w.compile-cpu-fp32.json not used" in w and "not a RALF engine sidecar" in w for w in warnings)
+
+
+def test_export_cli(weights: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", str(weights), "--engine", "eager", "--device", "cpu", "--max-batch", "2"])
+    assert result.exit_code == 0, result.output
+    assert weights.with_name("tiny.eager-cpu-fp32.json").is_file() and "parity" in result.output
+    result = runner.invoke(app, ["export", str(weights), "--engine", "compile", "--precision", "fp16", "--device", "cpu"])
+    assert result.exit_code == 2 and "fp16 is not supported on the CPU" in result.output
+    result = runner.invoke(app, ["export", str(weights.with_name("missing.safetensors")), "--engine", "eager"])
+    assert result.exit_code == 2 and "not found" in result.output
+    if not torch.cuda.is_available():
+        result = runner.invoke(app, ["export", str(weights), "--engine", "tensorrt"])
+        assert result.exit_code == 2 and "CUDA" in result.output
