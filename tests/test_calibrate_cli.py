@@ -198,3 +198,21 @@ def test_video_level_calibration_with_the_scanner(tmp_path: Path) -> None:
     }
     assert np.mean(called["fake"]) == pytest.approx(calibration.achieved_tpr)
     assert np.mean(called["real"]) == pytest.approx(calibration.achieved_fpr)
+
+
+SHARED_CROPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "crops"
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not (SHARED_CROPS / "real").is_dir(), reason="../shared/data/crops not present")
+def test_frame_level_calibration_on_real_face_crops(tmp_path: Path) -> None:
+    # Celeb-DF / FaceForensics crops of several sizes; random weights, so only the plumbing is checked.
+    weights = _tiny_weights(tmp_path / "w.safetensors")
+    code, output = _invoke(
+        "calibrate", str(weights), "--data", str(SHARED_CROPS), "--eer", "--temperature", "--device", "cpu",
+    )
+    assert code == 0, output
+    calibration = read_metadata(weights).calibration
+    assert calibration is not None and calibration.level == "frame"
+    assert (calibration.num_real, calibration.num_fake) == (18, 30)
+    assert 0.0 <= calibration.achieved_fpr <= 1.0 and calibration.temperature is not None
