@@ -245,11 +245,19 @@ class Trainer:
     def checkpoint_root(self) -> Path:
         return self.out_dir / CHECKPOINTS
 
-    def _training_state(self) -> ckpt.TrainingState:
+    def _tracker_totals(self) -> dict[str, Tensor]:
+        """Center-tracker sums over every rank (a collective: all ranks must call it)."""
+        totals = {name: value.detach().clone() for name, value in self.center_tracker.state_dict().items()}
+        if self.runtime.distributed:
+            for value in totals.values():
+                dist.all_reduce(value)
+        return totals
+
+    def _training_state(self, tracker: dict[str, Tensor]) -> ckpt.TrainingState:
         tensors: dict[str, Tensor] = {}
         tensors.update(ckpt.module_tensors("model", self.model.state_dict()))
         tensors.update(ckpt.module_tensors("discriminator", self.discriminator.state_dict()))
-        tensors.update(ckpt.module_tensors("center_tracker", self.center_tracker.state_dict()))
+        tensors.update(ckpt.module_tensors("center_tracker", tracker))
         info: dict[str, Any] = {
             "epoch_position": list(self.plan.position(self.step)),
             "config": self.config.model_dump(mode="json"),
@@ -287,6 +295,8 @@ class Trainer:
             self.model.load_state_dict(ckpt.module_state("model", tensors))
             self.discriminator.load_state_dict(ckpt.module_state("discriminator", tensors))
             self.center_tracker.load_state_dict(ckpt.module_state("center_tracker", tensors))
+            if self.runtime.rank != 0:
+                self.center_tracker.reset()  # the checkpoint holds every rank's sums; rank 0 carries them
             optimizers = info["optimizers"]
             self.opt_gen.load_state_dict(ckpt.unflatten_state_dict(optimizers["generator"], tensors))
             self.opt_disc.load_state_dict(ckpt.unflatten_state_dict(optimizers["discriminator"], tensors))
@@ -300,8 +310,9 @@ class Trainer:
         self.pretrained = info.get("pretrained", self.pretrained)
 
     def _save(self) -> None:
+        tracker = self._tracker_totals()
         if self.runtime.is_main:
-            ckpt.save_checkpoint(self.checkpoint_root, self._training_state(), self.config.keep_checkpoints)
+            ckpt.save_checkpoint(self.checkpoint_root, self._training_state(tracker), self.config.keep_checkpoints)
             self._export(self.out_dir / LAST_WEIGHTS)
 
     def _export(self, path: Path, val_auc: float | None = None) -> None:
