@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.app import app
+from pipeline.aggregate import deciding_tracks
 from pipeline.options import AggregationName, DecoderName, DetectorName, DeviceName, ScanOptions
 from pipeline.scan import INTERNAL_ERROR_PREFIX, ProgressCallback, Scanner
 from pipeline.synthetic import write_face_clip
@@ -86,7 +87,7 @@ def _details(verdict: Verdict) -> str:
         return verdict.error or "unknown error"
     if verdict.label == "no_face":
         return "no face found in the sampled frames"
-    worst = max(verdict.tracks, key=lambda t: t.score)
+    worst = max(deciding_tracks(verdict.tracks), key=lambda t: t.score)
     times = ", ".join(f"{t:.1f}s" for t in worst.suspicious_times_s)
     return f"most suspicious track {worst.track_id} ({worst.num_faces} faces): {times}"
 

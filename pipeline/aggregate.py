@@ -91,11 +91,34 @@ def aggregate_tracks(
     return verdicts
 
 
-def video_score(tracks: Sequence[TrackVerdict]) -> float | None:
-    """The most suspicious track's score: one forged person makes the video fake. None without tracks."""
-    if not tracks:
+# A track needs this many faces to decide the video, unless no track has that many.
+MIN_DECIDING_FACES = 2
+
+
+def deciding_tracks(tracks: Sequence[TrackVerdict], min_faces: int = MIN_DECIDING_FACES) -> list[TrackVerdict]:
+    """The tracks allowed to set the video score: those with at least `min_faces` faces.
+
+    A track seen in a single sampled frame, next to tracks seen in many, is most often a detector
+    false positive (a face-like texture) or a tracking split, and its one random-looking score
+    would otherwise decide the whole video. Such tracks stay in the verdict, with their scores,
+    but do not decide it. When no track has `min_faces` faces (a short clip, a face seen once),
+    every track decides, so a video with faces always gets a score.
+    The price: a face shown for less than one sampling interval next to a longer-tracked person
+    is reported but cannot make the video fake on its own.
+    """
+    if min_faces < 1:
+        raise ValueError(f"min_faces must be >= 1, got {min_faces}")
+    established = [t for t in tracks if t.num_faces >= min_faces]
+    return established or list(tracks)
+
+
+def video_score(tracks: Sequence[TrackVerdict], min_faces: int = MIN_DECIDING_FACES) -> float | None:
+    """The most suspicious deciding track's score (see `deciding_tracks`): one forged person makes
+    the video fake. None without tracks."""
+    deciding = deciding_tracks(tracks, min_faces)
+    if not deciding:
         return None
-    return max(t.score for t in tracks)
+    return max(t.score for t in deciding)
 
 
 def video_label(score: float | None, threshold: float) -> VerdictLabel:

@@ -10,12 +10,14 @@ import torch
 from pipeline.aggregate import (
     FaceScore,
     aggregate_tracks,
+    deciding_tracks,
     fake_probabilities,
     suspicious_times,
     track_score,
     video_label,
     video_score,
 )
+from pipeline.verdict import TrackVerdict
 
 
 def test_probabilities_are_sigmoid_of_fake_logit() -> None:
@@ -71,6 +73,22 @@ def test_video_is_as_suspicious_as_its_worst_track() -> None:
     assert video_label(video_score(tracks), threshold=0.5) == "fake"
     assert video_label(0.5, threshold=0.5) == "fake"  # the threshold itself counts as fake
     assert video_label(0.49, threshold=0.5) == "real"
+
+
+def _track(track_id: int, score: float, num_faces: int) -> TrackVerdict:
+    return TrackVerdict(track_id=track_id, score=score, num_faces=num_faces, first_time_s=0.0, last_time_s=1.0)
+
+
+def test_a_face_seen_once_does_not_decide_next_to_tracked_people() -> None:
+    person, glimpse = _track(0, 0.2, num_faces=8), _track(1, 0.9, num_faces=1)
+    assert deciding_tracks([person, glimpse]) == [person]
+    assert video_score([person, glimpse]) == pytest.approx(0.2)
+    # ...but it is the evidence when it is all there is, and the threshold is configurable.
+    assert video_score([glimpse]) == pytest.approx(0.9)
+    assert video_score([_track(0, 0.9, 1), _track(1, 0.3, 1)]) == pytest.approx(0.9)
+    assert video_score([person, glimpse], min_faces=1) == pytest.approx(0.9)
+    with pytest.raises(ValueError):
+        deciding_tracks([person], min_faces=0)
 
 
 def test_no_faces_is_no_face() -> None:

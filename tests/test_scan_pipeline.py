@@ -67,6 +67,17 @@ def test_face_in_every_sampled_frame_gives_one_track(codec_fixture: str, request
     assert len(track.suspicious_times_s) == 3
 
 
+@pytest.mark.parametrize("clip_fixture", ["face_clip_h264", "face_clip_vp9"])
+def test_default_sampling_keeps_a_fast_face_on_one_track(clip_fixture: str, request: pytest.FixtureRequest) -> None:
+    # At the default 2 fps the face moves about one face width between sampled frames, so the
+    # boxes do not overlap: the tracker must associate them by nearness.
+    verdict = Scanner(ScanOptions(device="cpu"), preset_if_random="tiny").scan(request.getfixturevalue(clip_fixture))
+    assert verdict.label in ("real", "fake"), verdict.error
+    assert verdict.counts.frames_decoded == 4 and verdict.counts.faces == 4
+    assert verdict.counts.tracks == 1
+    assert [t.num_faces for t in verdict.tracks] == [4]
+
+
 @pytest.fixture(scope="module")
 def vp9_verdict(small_vp9: Path):  # type: ignore[no-untyped-def]
     return _scanner(decoder="dali").scan(small_vp9)
