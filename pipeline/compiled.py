@@ -206,49 +206,51 @@ def export_engine(
     sidecar_path = folder / f"{stem}.json"
     graph = InferenceGraph(model, PRECISION_DTYPES[precision]).eval()
 
-    if engine == "eager":
-        artifact_path = None
-    else:
-        artifact_path = folder / f"{stem}.pt2"
-        partial = folder / f"{stem}.partial.pt2"
-        partial.unlink(missing_ok=True)
-        if engine == "tensorrt":
-            _build_tensorrt(graph, image_size, max_batch, PRECISION_DTYPES[precision], partial)
-        else:
-            _build_aoti(graph, image_size, max_batch, device, partial)
-        partial.replace(artifact_path)
-
-    info = EngineArtifact(
-        engine=engine,
-        runtime=_RUNTIME_OF[engine],
-        artifact=artifact_path.name if artifact_path else "",
-        artifact_sha256=file_sha256(artifact_path) if artifact_path else "",
-        precision=precision,
-        max_batch=max_batch,
-        image_size=image_size,
-        device=device,  # type: ignore[arg-type]
-        device_name=device_name(device),
-        cuda_capability=_cuda_capability() if device == "cuda" else None,
-        cpu_capability=torch.backends.cpu.get_cpu_capability() if device == "cpu" else None,
-        torch_version=torch.__version__,
-        torch_tensorrt_version=_module_version("torch_tensorrt") if engine == "tensorrt" else None,
-        tensorrt_version=_module_version("tensorrt") if engine == "tensorrt" else None,
-        weights_file=weights_path.name,
-        model_version=metadata.model_version,
-        weights_digest=model_digest(model),
-        parity_max_abs_diff=0.0,
-        parity_tolerance=PARITY_TOLERANCE[precision],
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
-    run = graph if artifact_path is None else _open_artifact(info, artifact_path)
-    diff = max(
-        parity_gap(model, run, batch, image_size, device) for batch in sorted({1, min(max_batch, 8), max_batch})
-    )
-    if diff > info.parity_tolerance:
-        raise RuntimeError(
-            f"{engine} {precision} artifact disagrees with eager: max |ΔP(fake)| {diff:.3g} > {info.parity_tolerance:g}; "
-            f"not using {artifact_path}"
+    # Built under a temporary name and renamed only after the parity check, so a failed export never
+    # replaces a working artifact nor leaves one behind without its sidecar.
+    partial = None if engine == "eager" else folder / f"{stem}.partial.pt2"
+    try:
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+            if engine == "tensorrt":
+                _build_tensorrt(graph, image_size, max_batch, PRECISION_DTYPES[precision], partial)
+            else:
+                _build_aoti(graph, image_size, max_batch, device, partial)
+        info = EngineArtifact(
+            engine=engine,
+            runtime=_RUNTIME_OF[engine],
+            artifact=f"{stem}.pt2" if partial is not None else "",
+            artifact_sha256=file_sha256(partial) if partial is not None else "",
+            precision=precision,
+            max_batch=max_batch,
+            image_size=image_size,
+            device=device,  # type: ignore[arg-type]
+            device_name=device_name(device),
+            cuda_capability=_cuda_capability() if device == "cuda" else None,
+            cpu_capability=torch.backends.cpu.get_cpu_capability() if device == "cpu" else None,
+            torch_version=torch.__version__,
+            torch_tensorrt_version=_module_version("torch_tensorrt") if engine == "tensorrt" else None,
+            tensorrt_version=_module_version("tensorrt") if engine == "tensorrt" else None,
+            weights_file=weights_path.name,
+            model_version=metadata.model_version,
+            weights_digest=model_digest(model),
+            parity_max_abs_diff=0.0,
+            parity_tolerance=PARITY_TOLERANCE[precision],
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
+        run = graph if partial is None else _open_artifact(info, partial)
+        batches = sorted({1, min(max_batch, 8), max_batch})
+        diff = max(parity_gap(model, run, batch, image_size, device) for batch in batches)
+        if diff > info.parity_tolerance:
+            raise RuntimeError(
+                f"the {engine} {precision} build disagrees with eager: max |ΔP(fake)| {diff:.3g} > "
+                f"{info.parity_tolerance:g}; nothing was written"
+            )
+        if partial is not None:
+            partial.replace(folder / info.artifact)
+    finally:
+        if partial is not None:
+            partial.unlink(missing_ok=True)
     info = info.model_copy(update={"parity_max_abs_diff": diff})
     sidecar_path.write_text(info.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return sidecar_path

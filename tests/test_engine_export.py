@@ -167,3 +167,15 @@ def test_export_cli(weights: Path) -> None:
     if not torch.cuda.is_available():
         result = runner.invoke(app, ["export", str(weights), "--engine", "tensorrt"])
         assert result.exit_code == 2 and "CUDA" in result.output
+
+
+def test_a_build_that_disagrees_with_eager_writes_nothing(
+    weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.compiled as compiled
+
+    monkeypatch.setattr(compiled, "_build_aoti", lambda graph, size, batch, device, path: path.write_bytes(b"x"))
+    monkeypatch.setattr(compiled, "_open_artifact", lambda info, path: lambda x: torch.full((x.shape[0],), 9.0))
+    with pytest.raises(RuntimeError, match="disagrees with eager"):
+        export_engine(weights, "compile", out_dir=tmp_path, device="cpu")
+    assert list(tmp_path.iterdir()) == []
