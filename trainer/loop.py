@@ -346,7 +346,6 @@ class Trainer:
         self.scaler_gen.update()
 
         values = terms.as_floats()
-        values["total"] = float(terms.total.detach())
         if self.config.loss.use_adv:
             with self._autocast():
                 disc_loss = self.discriminator_step(x, out.reconstruction.detach(), is_fake)
