@@ -10,7 +10,7 @@ Errors, two kinds:
   records it as a failed job with its traceback instead of a result. Callers that must answer
   anyway turn it into `internal_error_verdict(path, exc)`, whose `error` starts with "internal: ".
   Running out of accelerator memory raises `InferenceOutOfMemory`: retry with a smaller batch size
-  (`Scanner(options.model_copy(update={"batch_size": n}), weights)`).
+  (`scanner.with_options(options.model_copy(update={"batch_size": n}))`, which reuses the model).
 
 Memory stays bounded for any video length: frames live only for their chunk; what is kept is one
 `FaceScore` (a few numbers) per face, plus at most one batch of pending crops.
@@ -132,6 +132,48 @@ class _ScanState:
         return len(self.pending_meta)
 
 
+@dataclass(frozen=True)
+class _LoadedModel:
+    """The weights a scanner was built from: loaded once, shared by every `with_options` scanner."""
+
+    model: RALF
+    weights_path: Path | None
+    preset_if_random: str
+    model_version: str
+    weights_random: bool
+    decision: Decision
+
+    @classmethod
+    def load(cls, weights: Path | None, preset_if_random: str, device: torch.device) -> _LoadedModel:
+        if weights is None:
+            version = f"random-{preset_if_random}-seed{RANDOM_WEIGHTS_SEED}"
+            decision = Decision.from_calibration(None)
+            return cls(_random_model(preset_if_random), None, preset_if_random, version, True, decision)
+        model, metadata = load_weights(weights, device)
+        decision = Decision.from_calibration(metadata.calibration)
+        return cls(model, weights, preset_if_random, metadata.model_version, False, decision)
+
+
+@dataclass(frozen=True)
+class _LoadedEngine:
+    """An engine with the options it was built for and the warnings its loading produced."""
+
+    engine: InferenceEngine
+    kind: str
+    built_batch_size: int
+    warnings: list[str]
+
+    @classmethod
+    def load(cls, loaded: _LoadedModel, options: ScanOptions) -> _LoadedEngine:
+        engine, warnings = load_engine(loaded.model, options, loaded.weights_path)
+        return cls(engine, options.engine, options.batch_size, warnings)
+
+    def serves(self, options: ScanOptions) -> bool:
+        """True when `options` can use this engine as is: same kind, batches no larger than it was built
+        for (the scanner hands it at most `options.batch_size` crops per call)."""
+        return options.engine == self.kind and options.batch_size <= self.built_batch_size
+
+
 class Scanner:
     """Loads weights, detector and engine once; `scan(path)` returns a `Verdict` for each video.
 
@@ -139,42 +181,70 @@ class Scanner:
     then says `weights_random=True` and carries `RANDOM_WEIGHTS_WARNING`.
     Setup problems (weights file missing or invalid, detector weights missing, CUDA asked for but
     absent) raise ValueError subclasses from the constructor.
+    `with_options` gives a scanner with other per-scan options that shares the loaded model.
     """
 
     def __init__(
         self, options: ScanOptions, weights: Path | None = None, *, preset_if_random: str = "paper"
     ) -> None:
+        device = _resolve_device(options)
+        loaded = _LoadedModel.load(weights, preset_if_random, device)
+        detector = _build_detector(options, device)
+        self._assemble(options, device, loaded, detector, _LoadedEngine.load(loaded, options))
+
+    def _assemble(
+        self,
+        options: ScanOptions,
+        device: torch.device,
+        loaded: _LoadedModel,
+        detector: FaceDetector,
+        engine: _LoadedEngine,
+    ) -> None:
         self.options = options
-        self.device = _resolve_device(options)
-        self.weights_path = weights
-        if weights is None:
-            model = _random_model(preset_if_random)
-            self.model_version = f"random-{preset_if_random}-seed{RANDOM_WEIGHTS_SEED}"
-            self.weights_random = True
-            self.decision = Decision.from_calibration(None)
-        else:
-            model, metadata = load_weights(weights, self.device)
-            self.model_version = metadata.model_version
-            self.weights_random = False
-            self.decision = Decision.from_calibration(metadata.calibration)
-        self.image_size = model.config.image_size
-        self.detector: FaceDetector = build_detector(
-            options.detector,
-            self.device,
-            yolo_weights=options.yolo_weights,
-            min_face_size=options.min_face_size,
-            yolo_conf=options.min_face_score,
-        )
-        self.engine: InferenceEngine
-        self.engine, engine_warnings = load_engine(model, options, weights)
+        self.device = device
+        self._loaded = loaded
+        self._engine = engine
+        self.model = loaded.model
+        self.weights_path = loaded.weights_path
+        self.model_version = loaded.model_version
+        self.weights_random = loaded.weights_random
+        self.decision = loaded.decision
+        self.image_size = loaded.model.config.image_size
+        self.detector = detector
+        self.engine = engine.engine
         self.sampling = Sampling(
             every_n=options.every_n, target_fps=options.target_fps, max_frames=options.max_frames
         )
-        self.warnings = ([RANDOM_WEIGHTS_WARNING] if self.weights_random else []) + engine_warnings
+        self.warnings = ([RANDOM_WEIGHTS_WARNING] if self.weights_random else []) + engine.warnings
+
+    def with_options(self, options: ScanOptions) -> Scanner:
+        """A scanner for `options` that reuses what this one loaded, rebuilding only what must change.
+
+        The model is always shared (never reloaded) on the same device. The detector is shared
+        unless the detector, its weights, `min_face_size` (MTCNN) or `min_face_score` (YOLO)
+        change; the engine is shared unless the engine kind changes or the batch size grows past
+        what it was built for. Sampling, aggregation, margin, limits and smaller batch sizes
+        (the out-of-memory retry) cost nothing. A different device needs its own copy of the
+        weights: that alone loads a fresh Scanner.
+        """
+        device = _resolve_device(options)
+        if device != self.device:
+            return Scanner(options, self.weights_path, preset_if_random=self._loaded.preset_if_random)
+        same_detector = _detector_settings(options) == _detector_settings(self.options)
+        detector = self.detector if same_detector else _build_detector(options, device)
+        engine = self._engine if self._engine.serves(options) else _LoadedEngine.load(self._loaded, options)
+        derived = Scanner.__new__(Scanner)
+        derived._assemble(options, device, self._loaded, detector, engine)
+        return derived
 
     @property
     def threshold(self) -> float:
         return self.decision.threshold
+
+    @property
+    def batch_size(self) -> int:
+        """Face crops per forward: the options' batch size, or fewer where the engine's limit is lower."""
+        return min(self.options.batch_size, self.engine.max_batch)
 
     def warm_up(self) -> None:
         """One dummy detection and forward pass, so the first real video does not pay for lazy setup."""
@@ -306,18 +376,29 @@ class Scanner:
     def _infer_pending(self, state: _ScanState, *, keep_remainder: bool) -> None:
         """Score pending crops in whole batches; the remainder waits for more faces unless flushing."""
         count = state.pending
-        ready = count - count % self.options.batch_size if keep_remainder else count
+        ready = count - count % self.batch_size if keep_remainder else count
         if ready == 0:
             return
         started = time.perf_counter()
         crops = torch.cat(state.pending_crops) if len(state.pending_crops) > 1 else state.pending_crops[0]
-        logits = self.engine.logits(crops[:ready])
+        batch = self.batch_size
+        logits = torch.cat([self._logits(crops[start : min(start + batch, ready)]) for start in range(0, ready, batch)])
         probabilities = self.decision.probabilities(logits)  # copies to the CPU, so it also synchronises
         for meta, probability in zip(state.pending_meta[:ready], probabilities, strict=True):
             state.faces.append(FaceScore(meta.track_id, meta.frame_index, meta.timestamp_s, probability))
         state.pending_crops = [crops[ready:]] if ready < count else []
         state.pending_meta = state.pending_meta[ready:]
         state.timings.infer_s += time.perf_counter() - started
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """One batch through the (possibly shared) engine; out of memory names this scanner's batch size."""
+        try:
+            return self.engine.logits(batch)
+        except InferenceOutOfMemory as error:
+            if error.batch_size <= self.batch_size:
+                raise
+            detail = str(error.__cause__ or error)
+            raise InferenceOutOfMemory(self.batch_size, error.device, detail) from error
 
     def _verdict(
         self,
@@ -346,6 +427,22 @@ class Scanner:
             error=error,
             warnings=self.warnings + state.warnings,
         )
+
+
+def _detector_settings(options: ScanOptions) -> tuple[object, ...]:
+    """The options the face detector is built from; a change in any of them needs a new detector."""
+    score = options.min_face_score if options.detector == "yolo" else None
+    return (options.detector, options.yolo_weights, options.min_face_size, score)
+
+
+def _build_detector(options: ScanOptions, device: torch.device) -> FaceDetector:
+    return build_detector(
+        options.detector,
+        device,
+        yolo_weights=options.yolo_weights,
+        min_face_size=options.min_face_size,
+        yolo_conf=options.min_face_score,
+    )
 
 
 def _random_model(preset: str) -> RALF:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pipeline.decode import DaliDecodeError, Sampling, VideoInfo
+from pipeline import scan as scan_module
 from pipeline.decode.dali import DaliFrameSource
 from pipeline.engine import InferenceOutOfMemory
 from pipeline.options import ScanOptions
@@ -250,3 +251,67 @@ def test_decoder_fallback_part_way_is_reported(small_vp9: Path, monkeypatch: pyt
     assert verdict.decoder == "pyav"
     assert verdict.counts.frames_decoded == 8
     assert "dali failed part-way; the rest was decoded by pyav" in verdict.warnings
+
+
+def _forbid_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every way of loading weights, detector or engine fail loudly."""
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("with_options loaded something it should have shared")
+
+    for name in ("load_weights", "_random_model", "build_detector", "load_engine"):
+        monkeypatch.setattr(scan_module, name, forbidden)
+
+
+def test_with_options_shares_the_model_and_matches_a_fresh_scanner(
+    scanner: Scanner, small_h264: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = ScanOptions(device="cpu", max_frames=6, batch_size=4, aggregation="median", margin=0.2, top_k=2)
+    fresh = Scanner(options, preset_if_random="tiny").scan(small_h264)
+    calls: list[int] = []
+    real_logits = scanner.engine.logits
+
+    def counting(crops: torch.Tensor) -> torch.Tensor:
+        calls.append(crops.shape[0])
+        return real_logits(crops)
+
+    monkeypatch.setattr(scanner.engine, "logits", counting)
+    _forbid_loading(monkeypatch)
+    derived = scanner.with_options(options)
+    assert derived.model is scanner.model
+    assert derived.engine is scanner.engine and derived.detector is scanner.detector
+    assert (derived.options, derived.batch_size, derived.sampling.max_frames) == (options, 4, 6)
+    verdict = derived.scan(small_h264)
+    assert calls == [4, 2]  # the shared engine (built for 32) gets this scanner's batch size
+    assert verdict.counts == fresh.counts and verdict.label == fresh.label
+    for derived_track, fresh_track in zip(verdict.tracks, fresh.tracks, strict=True):
+        assert derived_track.score == pytest.approx(fresh_track.score, rel=1e-5, abs=1e-6)
+    assert scanner.options.batch_size == 32 and scanner.sampling.every_n == 1  # the original is unchanged
+
+
+def test_with_options_rebuilds_only_what_must_change(scanner: Scanner) -> None:
+    other_detector = scanner.with_options(scanner.options.model_copy(update={"min_face_size": 60}))
+    assert other_detector.detector is not scanner.detector
+    assert other_detector.engine is scanner.engine and other_detector.model is scanner.model
+    larger_batch = scanner.with_options(scanner.options.model_copy(update={"batch_size": 64}))
+    assert larger_batch.engine is not scanner.engine and larger_batch.engine.max_batch == 64
+    assert larger_batch.model is scanner.model and larger_batch.detector is scanner.detector
+    eager = scanner.with_options(scanner.options.model_copy(update={"engine": "eager"}))
+    assert eager.engine is not scanner.engine and eager.model is scanner.model
+
+
+def test_out_of_memory_names_the_smaller_batch_of_a_derived_scanner(
+    small_h264: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scanner = _scanner(every_n=None, max_frames=6)
+    smaller = scanner.with_options(scanner.options.model_copy(update={"batch_size": 2}))
+
+    def exhausted(crops: torch.Tensor) -> torch.Tensor:
+        error = InferenceOutOfMemory(scanner.engine.max_batch, torch.device("cuda"), "CUDA out of memory")
+        raise error from torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(scanner.engine, "logits", exhausted)
+    with pytest.raises(InferenceOutOfMemory, match="at batch size 2") as raised:
+        smaller.scan(small_h264)
+    assert raised.value.batch_size == 2
+

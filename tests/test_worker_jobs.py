@@ -132,6 +132,31 @@ def test_out_of_memory_retries_at_half_batch(
     assert rq_job.meta["batch_size"] == settings.batch_size // 8
 
 
+def test_job_overrides_and_smaller_batch_reuse_the_loaded_model(
+    setup: tuple[Settings, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, clip, _ = setup
+    base = jobs.base_scanner(settings)
+
+    def no_reload(settings: Settings, options: Any) -> None:
+        raise AssertionError("the worker loaded a second Scanner")
+
+    monkeypatch.setattr(jobs, "build_scanner", no_reload)
+    rq_job = FakeRqJob()
+    rq_job.meta["batch_size"] = 2  # as left by an out-of-memory attempt
+    job = file_job(settings, clip).model_copy(update={"options": ScanOverrides(max_frames=3, aggregation="median")})
+    options = jobs.job_options(settings, job, rq_job)  # type: ignore[arg-type]
+    derived = jobs.scanner_for(settings, options)
+    assert derived is not base and derived.model is base.model and derived.engine is base.engine
+    assert derived.batch_size == 2
+    verdict = scan_job(job, settings, rq_job)  # type: ignore[arg-type]
+    monkeypatch.undo()
+    fresh = Scanner(settings.scan_options(max_frames=3, aggregation="median", batch_size=2), settings.weights)
+    direct = fresh.scan(clip)
+    assert verdict.counts == direct.counts and verdict.counts.faces == 3
+    assert verdict.label == direct.label and verdict.score == pytest.approx(direct.score)
+
+
 def test_progress_is_written_to_job_meta(setup: tuple[Settings, Path, Path]) -> None:
     settings, clip, _ = setup
     rq_job = FakeRqJob()

@@ -4,7 +4,8 @@ Error policy (the queue retries exceptions, so only transient trouble may raise)
 - bad input found by the worker (outside its media roots, vanished file, refused download,
   undecodable video) -> returns an `error` verdict: the job *succeeds*, nothing is retried;
 - transient trouble (network, 5xx, CUDA out of memory) -> raises; rq retries with back-off.
-  After out-of-memory the next attempt runs at half the batch size (kept in the job's meta).
+  After out-of-memory the next attempt runs at half the batch size (kept in the job's meta),
+  on a Scanner derived with `with_options`: the model is not reloaded.
 """
 
 from __future__ import annotations
@@ -97,8 +98,10 @@ def worker_settings() -> Settings:
 
 
 # --- one Scanner per process -------------------------------------------------------------------
+# The model is loaded once, for the worker's own options; a job with other options (its overrides,
+# a smaller batch after out-of-memory) gets a Scanner derived with `with_options`, which shares it.
 _scanner: Scanner | None = None
-_scanner_options: ScanOptions | None = None
+_scanner_key: tuple[object, ...] | None = None
 
 
 def build_scanner(settings: Settings, options: ScanOptions) -> Scanner:
@@ -107,28 +110,36 @@ def build_scanner(settings: Settings, options: ScanOptions) -> Scanner:
     return Scanner(options, settings.weights, preset_if_random=settings.random_preset)
 
 
-def preload_scanner(settings: Settings, options: ScanOptions | None = None) -> Scanner:
+def preload_scanner(settings: Settings) -> Scanner:
     """Load the model now (worker start), so jobs - and forked work horses - find it ready."""
-    return scanner_for(settings, options or settings.scan_options())
+    return base_scanner(settings)
 
 
-def scanner_for(settings: Settings, options: ScanOptions) -> Scanner:
-    """The process's Scanner, rebuilt only when a job needs different options (e.g. after OOM)."""
-    global _scanner, _scanner_options
-    if _scanner is not None and _scanner_options == options:
+def base_scanner(settings: Settings) -> Scanner:
+    """The process's Scanner for the worker's own options, loaded on first use."""
+    global _scanner, _scanner_key
+    options = settings.scan_options()
+    key = (settings.weights, settings.random_preset, options)
+    if _scanner is not None and _scanner_key == key:
         return _scanner
     if _scanner is not None:
         _release_scanner()
     log.info("loading scanner (weights=%s, device=%s)", settings.weights, options.device)
     _scanner = build_scanner(settings, options)
-    _scanner_options = options
+    _scanner_key = key
     return _scanner
 
 
+def scanner_for(settings: Settings, options: ScanOptions) -> Scanner:
+    """A Scanner for one job's options: the process's own, or one derived from it (model not reloaded)."""
+    base = base_scanner(settings)
+    return base if options == base.options else base.with_options(options)
+
+
 def _release_scanner() -> None:
-    """Free the old model before loading another (two on one GPU is what caused the OOM)."""
-    global _scanner, _scanner_options
-    _scanner, _scanner_options = None, None
+    """Free the old model before loading another (two on one GPU can run out of memory)."""
+    global _scanner, _scanner_key
+    _scanner, _scanner_key = None, None
     gc.collect()
     import torch
 
