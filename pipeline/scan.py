@@ -285,10 +285,14 @@ class Scanner:
             path, state, label=video_label(score, self.decision.threshold), score=score, tracks=tracks
         )
 
+    def error_verdict(self, path: str | Path, reason: str) -> Verdict:
+        """An `error` verdict for `path` (a file or URL, kept as given) that says `reason`, with this
+        scanner's model, threshold, engine and warnings: for input refused before or outside `scan`."""
+        return self._verdict(path, _ScanState(), label="error", error=reason)
+
     def internal_error_verdict(self, path: str | Path, error: BaseException) -> Verdict:
         """An `error` verdict for a failure of the scanner itself (see the module docstring)."""
-        reason = f"{INTERNAL_ERROR_PREFIX}{type(error).__name__}: {error}"
-        return self._verdict(Path(path), _ScanState(), label="error", error=reason)
+        return self.error_verdict(path, f"{INTERNAL_ERROR_PREFIX}{type(error).__name__}: {error}")
 
     def chunk_frames(self, info: VideoInfo) -> int:
         """Frames per chunk: `chunk_size`, fewer for large frames so a chunk stays within `chunk_pixels`."""
@@ -402,7 +406,7 @@ class Scanner:
 
     def _verdict(
         self,
-        path: Path,
+        path: str | Path,
         state: _ScanState,
         *,
         label: VerdictLabel,

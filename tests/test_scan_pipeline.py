@@ -315,3 +315,11 @@ def test_out_of_memory_names_the_smaller_batch_of_a_derived_scanner(
         smaller.scan(small_h264)
     assert raised.value.batch_size == 2
 
+
+def test_error_verdict_carries_the_scanner_facts(scanner: Scanner) -> None:
+    verdict = scanner.error_verdict("https://example.com/a//b.mp4", "download refused: too large")
+    assert verdict.path == "https://example.com/a//b.mp4"  # kept as given, not normalised as a path
+    assert (verdict.label, verdict.error, verdict.score) == ("error", "download refused: too large", None)
+    assert verdict.model_version == scanner.model_version and verdict.threshold == scanner.threshold
+    assert (verdict.engine, verdict.detector) == (scanner.engine.name, scanner.detector.name)
+    assert verdict.weights_random and verdict.warnings == scanner.warnings

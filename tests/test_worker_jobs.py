@@ -157,6 +157,20 @@ def test_job_overrides_and_smaller_batch_reuse_the_loaded_model(
     assert verdict.label == direct.label and verdict.score == pytest.approx(direct.score)
 
 
+def test_refused_source_gets_the_scanner_error_verdict(setup: tuple[Settings, Path, Path]) -> None:
+    settings, _, _ = setup
+    job = payload(kind="url", source="ftp://example.com/v.mp4", content_hash=None)
+    verdict = scan_job(job, settings)
+    assert verdict.label == "error" and verdict.path == "ftp://example.com/v.mp4"
+    assert verdict.error and "ftp" in verdict.error
+    base = jobs.base_scanner(settings)
+    assert (verdict.model_version, verdict.engine, verdict.detector) == (
+        base.model_version,
+        base.engine.name,
+        base.detector.name,
+    )
+
+
 def test_progress_is_written_to_job_meta(setup: tuple[Settings, Path, Path]) -> None:
     settings, clip, _ = setup
     rq_job = FakeRqJob()

@@ -202,22 +202,6 @@ def job_options(settings: Settings, job: ScanJob, rq_job: Job | None) -> ScanOpt
     return settings.scan_options(**overrides)
 
 
-def error_verdict(scanner: Scanner, source: str, reason: str) -> Verdict:
-    """An `error` verdict for input the worker refused before the scanner saw it."""
-    return Verdict(
-        path=source,
-        label="error",
-        threshold=scanner.threshold,
-        threshold_source=scanner.decision.source,
-        model_version=scanner.model_version,
-        engine=scanner.engine.name,
-        detector=scanner.detector.name,
-        weights_random=scanner.weights_random,
-        error=reason,
-        warnings=list(scanner.warnings),
-    )
-
-
 def scan_job(job: ScanJob, settings: Settings, rq_job: Job | None = None) -> Verdict:
     """Run one payload to a verdict (the testable core of `run_scan_job`)."""
     from pipeline.engine import InferenceOutOfMemory
@@ -233,7 +217,7 @@ def scan_job(job: ScanJob, settings: Settings, rq_job: Job | None = None) -> Ver
             progress.update("scanning", force=True)
             verdict = scanner.scan(path, progress=progress)
     except (SourceRefused, DownloadRefused) as exc:
-        verdict = error_verdict(scanner, job.source, str(exc))
+        verdict = scanner.error_verdict(job.source, str(exc))
     except DownloadFailed as exc:
         raise TransientScanError(str(exc)) from exc
     except InferenceOutOfMemory as exc:
