@@ -151,3 +151,16 @@ def test_prepare_bad_layout(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "original_sequences" in result.output
     result = runner.invoke(app, ["prepare", str(tmp_path / "nowhere"), str(tmp_path / "out")])
     assert result.exit_code == 2 and "dataset folder not found" in result.output
+
+
+def test_evaluate_val_split_reproduces_training_validation(trained: tuple[Path, Path]) -> None:
+    data, run = trained
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    validation = [r for r in log if r["event"] == "val"][-1]
+    args = ["evaluate", str(run / "best.safetensors"), str(data), "--json", "--split", "val", "--num-workers", "0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["split"] == "val"
+    assert report["clean"]["frame"]["num_real"] == validation["frame"]["num_real"]
+    assert report["clean"]["frame"]["auc"] == pytest.approx(validation["frame"]["auc"], abs=1e-9)

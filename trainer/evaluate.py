@@ -20,7 +20,15 @@ from pipeline.aggregate import track_score
 from pipeline.options import AggregationName
 from ralf.model import RALF
 from ralf.weights import load_weights
-from trainer.data import CropRecord, FaceCropDataset, collate_crops, load_crop_records, require_both_classes, unwrap_batch
+from trainer.data import (
+    CropRecord,
+    FaceCropDataset,
+    collate_crops,
+    ensure_validation,
+    load_crop_records,
+    require_both_classes,
+    unwrap_batch,
+)
 from trainer.distortions import get_distortion
 from trainer.metrics import DetectionMetrics, detection_metrics, roc_curve
 
@@ -128,10 +136,21 @@ class EvaluationReport:
         }
 
 
-def choose_split(records: list[CropRecord], split: SplitChoice) -> tuple[list[CropRecord], str]:
-    """'auto': the test split when the data has one, otherwise every crop."""
+def choose_split(
+    records: list[CropRecord], split: SplitChoice, training: dict[str, Any] | None = None
+) -> tuple[list[CropRecord], str]:
+    """'auto': the test split when the data has one, otherwise every crop.
+
+    'train' / 'val' on data without splits repeat the training run's group-wise split, using the
+    seed and validation fraction recorded in the weights' metadata (`training`).
+    """
     if split == "all":
         return records, "all"
+    if split in ("train", "val") and not any(r.split == "val" for r in records):
+        settings = (training or {}).get("train_config") or {}
+        if "seed" not in settings or "val_fraction" not in settings:
+            raise ValueError(f"the data has no '{split}' split and the weights do not record how training split it")
+        records = ensure_validation(records, settings["val_fraction"], settings["seed"])
     if split == "auto":
         if any(r.split == "test" for r in records):
             return [r for r in records if r.split == "test"], "test"
@@ -166,7 +185,7 @@ def evaluate(
         raise ValueError(f"--device {device} requested but CUDA is not available")
     target = torch.device(device)
     model, metadata = load_weights(weights, target)
-    records, split_name = choose_split(load_crop_records(data), split)
+    records, split_name = choose_split(load_crop_records(data), split, metadata.training)
     require_both_classes(records, f"evaluation ({split_name})")
     if threshold is None:
         calibration = metadata.calibration
