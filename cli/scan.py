@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -23,12 +23,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.app import app
-from pipeline.aggregate import deciding_tracks
 from pipeline.options import AggregationName, DecoderName, DetectorName, DeviceName, ScanOptions
-from pipeline.scan import INTERNAL_ERROR_PREFIX, ProgressCallback, Scanner
 from pipeline.synthetic import write_face_clip
 from pipeline.verdict import Verdict, verdict_json_schema
 from worker.settings import Settings
+
+if TYPE_CHECKING:  # the pipeline (and torch) load when a command scans, not when `ralf-cli` starts
+    from pipeline.scan import ProgressCallback, Scanner
 
 out = Console()
 err = Console(stderr=True)
@@ -87,6 +88,8 @@ def _details(verdict: Verdict) -> str:
         return verdict.error or "unknown error"
     if verdict.label == "no_face":
         return "no face found in the sampled frames"
+    from pipeline.aggregate import deciding_tracks
+
     worst = max(deciding_tracks(verdict.tracks), key=lambda t: t.score)
     times = ", ".join(f"{t:.1f}s" for t in worst.suspicious_times_s)
     return f"most suspicious track {worst.track_id} ({worst.num_faces} faces): {times}"
@@ -121,6 +124,8 @@ def _progress_for(progress: Progress, path: Path) -> ProgressCallback:
 
 def scan_all(scanner: Scanner, paths: Sequence[Path], *, show_progress: bool) -> list[Verdict]:
     """One verdict per path; a failure of the scanner itself becomes an 'internal: ...' error verdict."""
+    from pipeline.scan import INTERNAL_ERROR_PREFIX
+
     verdicts = []
     with _progress_bars(show_progress) as progress:
         for path in paths:
@@ -154,6 +159,8 @@ def _load_settings() -> Settings:
 
 def _build_scanner(options: ScanOptions, weights: Path | None, preset: str) -> Scanner:
     """The scanner, or exit 2 with the reason (missing weights, detector weights, no GPU, ...)."""
+    from pipeline.scan import Scanner
+
     try:
         return Scanner(options, weights, preset_if_random=preset)
     except ValueError as exc:

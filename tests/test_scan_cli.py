@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,11 @@ def test_schema_prints_the_verdict_schema() -> None:
     code, output = _invoke("schema")
     assert code == 0
     assert json.loads(output) == verdict_json_schema()
+
+
+def test_scan_and_queue_commands_load_torch_only_when_they_scan() -> None:
+    # `ralf-cli enqueue` hashes and probes files; registering the scan commands must not load torch.
+    code = "import sys, cli.scan, cli.queue; print('torch' in sys.modules)"
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "False"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +104,29 @@ def test_sha256_streams_whole_file(tmp_path: Path) -> None:
     data = bytes(range(256)) * 9000  # > 1 MiB chunk
     (tmp_path / "f").write_bytes(data)
     assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+
+
+# Probing a file's duration is all enqueueing needs from the pipeline; it must not load torch.
+PROBE_WITHOUT_TORCH = """
+import json, sys
+import pipeline.decode.probe
+from worker.queue import probe_duration
+info = pipeline.decode.probe.probe_video(sys.argv[1])
+print(json.dumps({"duration": probe_duration(sys.argv[1]), "frames": info.num_frames,
+                  "torch": "torch" in sys.modules}))
+"""
+
+
+def test_probing_at_enqueue_does_not_import_torch(face_clip_h264: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE_WITHOUT_TORCH, str(face_clip_h264)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    probed = json.loads(result.stdout)
+    assert probed["duration"] == pytest.approx(2.0, abs=0.1) and probed["frames"] == 24
+    assert probed["torch"] is False

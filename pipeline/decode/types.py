@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # probing a file (e.g. at enqueue time) must not import torch
+    import torch
 
 BackendName = Literal["dali", "pyav"]
 BackendRequest = Literal["auto", "dali", "pyav"]
