@@ -13,6 +13,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cli.app import app
@@ -25,7 +26,7 @@ from trainer.data import ImageReadError
 from trainer.distortions import DISTORTIONS
 from trainer.layouts import FFPP_METHODS, LAYOUTS, DatasetLayoutError
 
-out = Console()
+out = Console(soft_wrap=True)
 err = Console(stderr=True)
 EXIT_ERROR = 2
 # Errors a user can act on: printed as one message, no traceback.
@@ -42,7 +43,8 @@ USER_ERRORS = (
 
 
 def fail(message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/bold red] {message}", highlight=False, markup=True)
+    # soft_wrap: paths in messages stay whole (copyable), whatever the terminal width.
+    err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_ERROR)
 
 
