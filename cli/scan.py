@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -57,42 +58,70 @@ def exit_code(verdicts: Sequence[Verdict]) -> int:
 
 
 def verdict_table(verdicts: Sequence[Verdict], title: str | None = None) -> Table:
-    table = Table(title=title)
-    table.add_column("video", overflow="fold", ratio=2)
+    """One row per video, narrow enough for an 80-column terminal.
+
+    The video is named by its file name (`--json` keeps the full path); the threshold, the same for
+    every row, is the caption; suspicious moments are short times of the deciding track.
+    """
+    table = Table(
+        title=title,
+        caption=_threshold_caption(verdicts),
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    table.add_column("video", overflow="fold", ratio=2, min_width=14)
     table.add_column("verdict", no_wrap=True)
     table.add_column("P(fake)", justify="right", no_wrap=True)
-    table.add_column("thresh.", justify="right", no_wrap=True)
     table.add_column("faces", justify="right", no_wrap=True)
     table.add_column("tracks", justify="right", no_wrap=True)
-    table.add_column("frames", justify="right", no_wrap=True)
     table.add_column("time", justify="right", no_wrap=True)
-    table.add_column("details", overflow="fold", ratio=3)
+    table.add_column("details", overflow="fold", ratio=3, min_width=20)
     for v in verdicts:
         style = _LABEL_STYLE[v.label]
         table.add_row(
-            escape(v.path),
+            escape(_file_name(v.path)),
             f"[{style}]{v.label}[/{style}]",
             "-" if v.score is None else f"{v.score:.3f}",
-            f"{v.threshold:.3f}",
             str(v.counts.faces),
             str(v.counts.tracks),
-            str(v.counts.frames_decoded),
-            f"{v.timings.total_s:.1f}s",
+            short_time(v.timings.total_s),
             escape(_details(v)),
         )
     return table
+
+
+def short_time(seconds: float) -> str:
+    """'0s', '12.5s' under a minute, '1:02' under an hour, '1:02:03' beyond."""
+    if seconds < 59.95:
+        return f"{seconds:.1f}".removesuffix(".0") + "s"
+    minutes, whole_seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{whole_seconds:02d}" if hours else f"{minutes}:{whole_seconds:02d}"
+
+
+def _file_name(path: str) -> str:
+    """The last part of a path or URL, or the whole text when it has none."""
+    return path.rstrip("/").rsplit("/", 1)[-1] or path
+
+
+def _threshold_caption(verdicts: Sequence[Verdict]) -> str:
+    thresholds = dict.fromkeys((v.threshold, v.threshold_source) for v in verdicts)
+    return "; ".join(f"fake when P(fake) >= {value:.3f}, {source}" for value, source in thresholds)
 
 
 def _details(verdict: Verdict) -> str:
     if verdict.label == "error":
         return verdict.error or "unknown error"
     if verdict.label == "no_face":
-        return "no face found in the sampled frames"
+        return "no face in sampled frames"
     from pipeline.aggregate import deciding_tracks
 
     worst = max(deciding_tracks(verdict.tracks), key=lambda t: t.score)
-    times = ", ".join(f"{t:.1f}s" for t in worst.suspicious_times_s)
-    return f"most suspicious track {worst.track_id} ({worst.num_faces} faces): {times}"
+    if not worst.suspicious_times_s:
+        return f"track {worst.track_id}"
+    return f"track {worst.track_id} at " + " ".join(short_time(t) for t in worst.suspicious_times_s)
 
 
 def _print_report(verdicts: Sequence[Verdict], title: str | None = None) -> None:

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from cli.main import app
+from cli.scan import short_time, verdict_table
 from pipeline.options import ScanOptions
 from pipeline.scan import RANDOM_WEIGHTS_WARNING, Scanner
-from pipeline.verdict import Verdict, verdict_json_schema
+from pipeline.verdict import Counts, StageTimings, TrackVerdict, Verdict, verdict_json_schema
 from ralf.config import RALFConfig
 from ralf.model import RALF
 from ralf.weights import Calibration, WeightsMetadata, save_weights
@@ -162,5 +164,63 @@ def test_scan_and_queue_commands_load_torch_only_when_they_scan() -> None:
     # `ralf-cli enqueue` hashes and probes files; registering the scan commands must not load torch.
     code = "import sys, cli.scan, cli.queue; print('torch' in sys.modules)"
     repo = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=60, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=60, check=True
+    )
     assert result.stdout.strip() == "False"
+
+
+def _typical_verdict(path: str, label: str = "real", tracks: int = 1) -> Verdict:
+    scored = label in ("real", "fake")
+    return Verdict(
+        path=path,
+        label=label,  # type: ignore[arg-type]
+        score=0.912 if label == "fake" else 0.231 if scored else None,
+        threshold=0.5,
+        threshold_source="uncalibrated default (0.5)",
+        model_version="ralf-paper-1a2b3c4d",
+        tracks=[
+            TrackVerdict(
+                track_id=i, score=0.2, num_faces=48, first_time_s=0.0, last_time_s=23.5,
+                suspicious_times_s=[12.5, 3.0, 21.5],
+            )
+            for i in range(tracks if scored else 0)
+        ],
+        counts=Counts(frames_decoded=48, faces=48 if scored else 0, tracks=tracks if scored else 0),
+        timings=StageTimings(total_s=3.41),
+    )
+
+
+@pytest.mark.parametrize(
+    "verdict",
+    [
+        _typical_verdict("/srv/media/uploads/2024/06/interview_final_cut.mp4"),
+        _typical_verdict("/srv/media/uploads/2024/06/press_conference.webm", "fake", tracks=3),
+        _typical_verdict("/srv/media/uploads/2024/06/holiday_beach.mov", "no_face"),
+    ],
+)
+def test_table_fits_80_columns(verdict: Verdict) -> None:
+    console = Console(width=80, record=True, color_system=None)
+    console.print(verdict_table([verdict]))
+    lines = console.export_text().splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    header = next(i for i, line in enumerate(lines) if line.startswith("─"))
+    body = [line for line in lines[header + 1 :] if line.strip() and "fake when P(fake)" not in line]
+    assert 1 <= len(body) <= 2, "\n".join(lines)  # no cell wraps into more than 2 lines
+    text = " ".join(lines)
+    assert "/srv/media" not in text and Path(verdict.path).name[:12] in text  # file name, not the path
+    assert "fake when P(fake) >= 0.500" in text  # the threshold, once, as the caption
+
+
+def test_table_shows_suspicious_times_short() -> None:
+    console = Console(width=80, record=True, color_system=None)
+    console.print(verdict_table([_typical_verdict("/v/a.mp4")]))
+    assert "track 0 at 12.5s 3s 21.5s" in console.export_text()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.0, "0s"), (3.0, "3s"), (12.46, "12.5s"), (59.97, "1:00"), (62.4, "1:02"), (3723.0, "1:02:03")],
+)
+def test_short_time(seconds: float, text: str) -> None:
+    assert short_time(seconds) == text
