@@ -17,29 +17,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.app import app
-from pipeline.faces import FaceDetectorError
-from ralf.pretrained import PretrainedError
-from ralf.weights import WeightsError
-from trainer.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from trainer.config import RESUME_MUTABLE_FIELDS, TrainConfig
-from trainer.data import ImageReadError
-from trainer.distortions import DISTORTIONS
-from trainer.layouts import FFPP_METHODS, LAYOUTS, DatasetLayoutError
+from trainer.layouts import FFPP_METHODS, LAYOUTS
+
+# The trainer and the networks load inside the commands, so that other commands (enqueue, status)
+# start without importing torch.
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
 EXIT_ERROR = 2
-# Errors a user can act on: printed as one message, no traceback.
-USER_ERRORS = (
-    DatasetLayoutError,
-    ImageReadError,
-    CheckpointError,
-    WeightsError,
-    PretrainedError,
-    FaceDetectorError,
-    FileNotFoundError,
-    ValueError,
-)
+# Errors a user can act on, printed as one message without a traceback: every error type of the
+# trainer, the weights loaders and the face detector derives from ValueError.
+USER_ERRORS = (ValueError, FileNotFoundError)
 
 
 def fail(message: str) -> NoReturn:
@@ -148,6 +136,7 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
     """Train RALF jointly (paper eq. 11-12) and write deployable best/last weights next to the checkpoints."""
+    from trainer.config import TrainConfig
     from trainer.loop import TrainingError
     from trainer.loop import train as run_training
 
@@ -182,9 +171,12 @@ def train(
     out.print(f"weights: {result.best_weights or '-'} (best), {result.last_weights} (last); log: {result.log_path}")
 
 
-def _resumed_config(ctx: typer.Context, output: Path, values: dict[str, Any]) -> TrainConfig:
+def _resumed_config(ctx: typer.Context, output: Path, values: dict[str, Any]) -> Any:
     """The checkpoint's config; options given on the command line override the resume-mutable fields
     (and any other one given differently makes the resume refuse, naming it)."""
+    from trainer.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+    from trainer.config import RESUME_MUTABLE_FIELDS, TrainConfig
+
     stored = load_checkpoint(latest_checkpoint(output / "checkpoints")).info.get("config")
     if not isinstance(stored, dict):
         raise CheckpointError(f"the latest checkpoint in {output} holds no training config")
@@ -224,6 +216,7 @@ def evaluate(
     progress: Annotated[bool, typer.Option(help="Show progress bars")] = True,
 ) -> None:
     """Acc, AUC, EER and AP at frame and video level; optional distortion with its AUC drop; ROC PNG."""
+    from trainer.distortions import DISTORTIONS
     from trainer.evaluate import evaluate as run_evaluation
     from trainer.evaluate import plot_roc
 
