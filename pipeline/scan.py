@@ -54,6 +54,8 @@ RANDOM_WEIGHTS_SEED = 0
 UNCALIBRATED_THRESHOLD = 0.5
 UNCALIBRATED_THRESHOLD_SOURCE = "uncalibrated default (0.5)"
 INTERNAL_ERROR_PREFIX = "internal: "
+WARM_UP_FORWARDS = 2
+WARM_UP_FRAME_HW = (240, 320)
 
 # progress(sampled frames done, sampled frames expected); the total is an estimate from the
 # container headers (0 when unknown) and may be exceeded slightly.
@@ -247,9 +249,14 @@ class Scanner:
         return min(self.options.batch_size, self.engine.max_batch)
 
     def warm_up(self) -> None:
-        """One dummy detection and forward pass, so the first real video does not pay for lazy setup."""
-        self.detector.detect(torch.zeros((1, 64, 64, 3), dtype=torch.uint8, device=self.device))
-        self.engine.logits(torch.zeros((1, 3, self.image_size, self.image_size), device=self.device))
+        """Detect once on a blank frame and run `WARM_UP_FORWARDS` forwards at the batch size, so the
+        first real video does not pay for lazy setup: on the CPU, oneDNN picks and caches its kernels
+        over the first forwards of a shape (the first two or three are slow); on CUDA, kernel loading
+        and cuDNN autotuning happen there too."""
+        self.detector.detect(torch.zeros((1, *WARM_UP_FRAME_HW, 3), dtype=torch.uint8, device=self.device))
+        crops = torch.zeros((self.batch_size, 3, self.image_size, self.image_size), device=self.device)
+        for _ in range(WARM_UP_FORWARDS):
+            self.engine.logits(crops)
         _synchronize(self.device)
 
     def scan(self, path: str | Path, progress: ProgressCallback | None = None) -> Verdict:

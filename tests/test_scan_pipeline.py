@@ -202,8 +202,26 @@ def test_internal_failure_raises_and_has_its_own_verdict(small_h264: Path, monke
     assert verdict.error == "internal: RuntimeError: detector exploded"
 
 
-def test_warm_up_runs(scanner: Scanner) -> None:
-    scanner.warm_up()
+def test_warm_up_runs_two_forwards_at_the_batch_size(scanner: Scanner, monkeypatch: pytest.MonkeyPatch) -> None:
+    small_batches = scanner.with_options(scanner.options.model_copy(update={"batch_size": 4}))
+    forwards: list[tuple[int, ...]] = []
+    frames: list[tuple[int, ...]] = []
+    real_logits, real_detect = scanner.engine.logits, scanner.detector.detect
+
+    def logits(crops: torch.Tensor) -> torch.Tensor:
+        forwards.append(tuple(crops.shape))
+        return real_logits(crops)
+
+    def detect(batch: torch.Tensor) -> list:
+        frames.append(tuple(batch.shape))
+        return real_detect(batch)
+
+    monkeypatch.setattr(scanner.engine, "logits", logits)
+    monkeypatch.setattr(scanner.detector, "detect", detect)
+    small_batches.warm_up()
+    size = scanner.image_size
+    assert forwards == [(4, 3, size, size)] * scan_module.WARM_UP_FORWARDS == [(4, 3, size, size)] * 2
+    assert frames == [(1, *scan_module.WARM_UP_FRAME_HW, 3)]
 
 
 @pytest.mark.parametrize(
