@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from pydantic import ValidationError
@@ -17,31 +17,21 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.app import app
-from pipeline.compiled import (
-    EngineUnavailable,
-    Precision,
-    default_precision,
-    export_engine,
-    read_sidecar,
-    tensorrt_available,
-)
 from pipeline.options import AggregationName, DecoderName, DetectorName, DeviceName, EngineName, ScanOptions
-from ralf.weights import WeightsError
-from trainer.calibrate import (
-    MIN_PER_CLASS,
-    CalibrationError,
-    CalibrationLevel,
-    CalibrationResult,
-    calibrate,
-    plot_roc,
-    save_calibration,
-)
-from trainer.layouts import DatasetLayoutError
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from trainer.calibrate import CalibrationResult
+
+# torch, the pipeline engines and the calibrator load inside the commands, so that other commands
+# (enqueue, status) start without importing torch.
+
+PrecisionName = Literal["fp32", "fp16", "bf16"]
+LevelName = Literal["frame", "video"]
 
 out = Console()
 err = Console(stderr=True)
-EXIT_OK, EXIT_ERROR = 0, 2
+EXIT_ERROR = 2
 
 
 def _fail(message: str) -> typer.Exit:
@@ -57,7 +47,7 @@ def export_command(
         typer.Option(help="tensorrt (CUDA + torch_tensorrt) | compile (AOTInductor) | eager | auto: the best here"),
     ] = "auto",
     precision: Annotated[
-        Precision | None, typer.Option(help="fp16 | bf16 | fp32 [default: fp16 on GPUs, fp32 on the CPU]")
+        PrecisionName | None, typer.Option(help="fp16 | bf16 | fp32 [default: fp16 on GPUs, fp32 on the CPU]")
     ] = None,
     max_batch: Annotated[int, typer.Option(min=1, help="Largest batch the engine accepts (dynamic 1..N)")] = 32,
     device: Annotated[
@@ -69,6 +59,9 @@ def export_command(
 
     The pipeline and workers pick it up automatically (engine 'auto') and say which engine they use.
     """
+    from pipeline.compiled import EngineUnavailable, default_precision, export_engine, read_sidecar, tensorrt_available
+    from ralf.weights import WeightsError
+
     chosen = engine if engine != "auto" else ("tensorrt" if tensorrt_available() else "compile")
     target = device or ("cuda" if chosen == "tensorrt" else None)
     out.print(
@@ -121,7 +114,7 @@ def calibrate_command(
     weights: Annotated[Path, typer.Argument(help="RALF weights (.safetensors); calibration is written into them")],
     data: Annotated[Path, typer.Option(help="Validation folder with real/ and fake/ (videos, crops or crop folders)")],
     level: Annotated[
-        CalibrationLevel | None, typer.Option(help="frame | video [default: video for videos, frame for crop images]")
+        LevelName | None, typer.Option(help="frame | video [default: video for videos, frame for crop images]")
     ] = None,
     target_fpr: Annotated[
         float | None, typer.Option(min=0.0, max=0.999, help="False-positive rate allowed on real samples [default: 0.01]")
@@ -129,7 +122,9 @@ def calibrate_command(
     use_eer: Annotated[bool, typer.Option("--eer", help="Threshold at the equal error rate instead")] = False,
     temperature: Annotated[bool, typer.Option("--temperature", help="Also fit temperature scaling (one scalar T)")] = False,
     roc: Annotated[Path | None, typer.Option(help="Save the ROC curve with the chosen point to this PNG")] = None,
-    min_per_class: Annotated[int, typer.Option(min=1, help="Fewest usable real and fake samples accepted")] = MIN_PER_CLASS,
+    min_per_class: Annotated[
+        int | None, typer.Option(min=1, help="Fewest usable real and fake samples accepted [default: 5]")
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report only; leave the weights unchanged")] = False,
     device: Annotated[DeviceName | None, typer.Option(help="auto | cpu | cuda")] = None,
     engine: Annotated[EngineName | None, typer.Option(help="auto | tensorrt | compile | eager")] = None,
@@ -149,6 +144,10 @@ def calibrate_command(
     """
     if use_eer and target_fpr is not None:
         raise _fail("choose either --target-fpr or --eer")
+    from ralf.weights import WeightsError
+    from trainer.calibrate import MIN_PER_CLASS, CalibrationError, calibrate, plot_roc, save_calibration
+    from trainer.layouts import DatasetLayoutError
+
     options = _scan_options(
         {
             "device": device,
@@ -171,7 +170,7 @@ def calibrate_command(
             method="eer" if use_eer else "target_fpr",
             target_fpr=None if use_eer else (0.01 if target_fpr is None else target_fpr),
             fit_temp=temperature,
-            min_per_class=min_per_class,
+            min_per_class=min_per_class or MIN_PER_CLASS,
             show_progress=err.is_terminal,
         )
     except (CalibrationError, DatasetLayoutError, WeightsError) as error:
@@ -189,7 +188,7 @@ def calibrate_command(
         out.print(f"[bold yellow]warning:[/bold yellow] {escape(warning)}")
 
 
-def _result_table(result: CalibrationResult, weights: Path, *, written: bool) -> Table:
+def _result_table(result: "CalibrationResult", weights: Path, *, written: bool) -> Table:
     calibration = result.calibration
     table = Table(title="calibration", show_header=False)
     temperature = calibration.temperature

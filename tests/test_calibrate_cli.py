@@ -216,3 +216,13 @@ def test_frame_level_calibration_on_real_face_crops(tmp_path: Path) -> None:
     assert calibration is not None and calibration.level == "frame"
     assert (calibration.num_real, calibration.num_fake) == (18, 30)
     assert 0.0 <= calibration.achieved_fpr <= 1.0 and calibration.temperature is not None
+
+
+def test_registering_export_and_calibrate_does_not_load_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, cli.engine; print('torch' in sys.modules)"
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "False"
