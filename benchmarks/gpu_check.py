@@ -17,14 +17,19 @@ Exit status: 0 when no step failed (skips are fine), 1 otherwise. Nothing is dow
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this folder comes first on sys.path, where benchmarks/queue.py and
+# benchmarks/pipeline.py would shadow the stdlib `queue` module and the `pipeline` package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 import argparse
 import importlib.util
-import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 
 RESULTS: list[tuple[str, str, str]] = []
 # "cpu" only for --cpu-dry-run: the same steps on the CPU, to check the script itself without a GPU.
