@@ -23,6 +23,7 @@ Artifacts hold compiled native code and pickled constants: load only artifacts y
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib
@@ -275,12 +276,10 @@ def model_digest(model: nn.Module) -> str:
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    try:
+    with contextlib.suppress(OSError):  # no /proc (macOS): fall back to the platform name
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or platform.machine() or "cpu"
 
 

@@ -10,6 +10,7 @@ Jobs of workers that never published liveness (plain `rq worker`) are left to rq
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -144,10 +145,8 @@ def requeue_abandoned(connection: Redis, settings: Settings, queues: list[Queue]
         for name in _forgettable(connection, settings):
             connection.srem(members_key(settings), name)
     finally:
-        try:
+        with contextlib.suppress(Exception):  # the lock expired meanwhile: nothing to release
             lock.release()
-        except Exception:  # noqa: BLE001 - lock expired meanwhile: nothing to release
-            pass
     return recovered
 
 
