@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from cli.app import app
-from ralf.config import RALFConfig
-from trainer.import_reference import import_reference_to_file
+
+# The networks and the importer load inside the command: other ralf-cli commands start without torch.
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -37,6 +37,9 @@ def import_weights(
     ] = False,
 ) -> None:
     """Import weights trained with the authors' code (GitHub zqyuan-tw/RALF), flipping P(real) to P(fake)."""
+    from ralf.config import RALFConfig
+    from trainer.import_reference import import_reference_to_file
+
     try:
         config = RALFConfig.from_preset(preset)
         metadata, report = import_reference_to_file(checkpoint, output, config, allow_missing_center=no_center)
