@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import importlib
 import importlib.util
 import platform
@@ -40,6 +39,7 @@ from torch import nn
 
 from pipeline.engine import InferenceEngine, InferenceOutOfMemory, check_crops
 from pipeline.options import ScanOptions
+from ralf.pretrained import file_sha256
 from ralf.weights import load_weights, tensors_digest
 
 ExportEngineName = Literal["tensorrt", "compile", "eager"]
@@ -258,14 +258,6 @@ def export_engine(
 
 
 # -- checks -----------------------------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(8 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def model_digest(model: nn.Module) -> str:

@@ -28,6 +28,7 @@ class PretrainedError(ValueError):
 
 
 def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (checkpoints and engine artifacts can be gigabytes)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(16 * 1024 * 1024):

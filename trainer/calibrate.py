@@ -43,6 +43,7 @@ from pipeline.aggregate import fake_probabilities, track_score
 from pipeline.engine import InferenceEngine, load_engine
 from pipeline.options import ScanOptions
 from pipeline.scan import Decision, Scanner
+from ralf.pretrained import file_sha256
 from ralf.weights import Calibration, load_weights, read_metadata, write_metadata
 from trainer.data import read_rgb, to_model_input
 from trainer.layouts import IMAGE_SUFFIXES, VIDEO_SUFFIXES
@@ -166,18 +167,10 @@ def dataset_fingerprint(root: Path, items: Iterable[ValidationItem]) -> str:
     lines = []
     for item in items:
         for file in item.files():
-            lines.append(f"{file.relative_to(root).as_posix()}\t{file.stat().st_size}\t{_sha256(file)}")
+            lines.append(f"{file.relative_to(root).as_posix()}\t{file.stat().st_size}\t{file_sha256(file)}")
     digest = hashlib.sha256()
     for line in sorted(lines):
         digest.update(line.encode() + b"\n")
-    return digest.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(8 * 1024 * 1024):
-            digest.update(chunk)
     return digest.hexdigest()
 
 
