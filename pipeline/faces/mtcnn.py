@@ -24,7 +24,7 @@ from torchvision.ops import batched_nms, box_area, roi_align
 
 from pipeline.faces.mtcnn_nets import ONet, PNet, RNet, load_keras_arrays
 from pipeline.faces.mtcnn_weights import load_net_arrays
-from pipeline.faces.types import Detections, FaceDetectorError, check_frames
+from pipeline.faces.types import Detections, FaceDetectorError, detect_in_passes
 
 SCALE_FACTOR = 0.709
 PNET_CELL = 12  # P-Net's receptive field, and the smallest pyramid level it can run on
@@ -165,11 +165,7 @@ class MtcnnDetector(nn.Module):
     @torch.inference_mode()
     def detect(self, frames: torch.Tensor) -> list[Detections]:
         """One `Detections` (with landmarks) per frame, on this detector's device."""
-        check_frames(frames)
-        results: list[Detections] = []
-        for start in range(0, frames.shape[0], self.frames_per_pass):
-            results.extend(self._detect_pass(frames[start : start + self.frames_per_pass]))
-        return results
+        return detect_in_passes(frames, self.frames_per_pass, self._detect_pass)
 
     def _detect_pass(self, frames: torch.Tensor) -> list[Detections]:
         count, height, width = frames.shape[:3]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -89,3 +90,15 @@ def check_frames(frames: torch.Tensor) -> None:
         )
     if frames.shape[1] == 0 or frames.shape[2] == 0:
         raise FaceDetectorError(f"frames have no pixels: {tuple(frames.shape)}")
+
+
+def detect_in_passes(
+    frames: torch.Tensor, frames_per_pass: int, detect_pass: Callable[[torch.Tensor], list[Detections]]
+) -> list[Detections]:
+    """Check `frames`, then run `detect_pass` on at most `frames_per_pass` of them at a time (bounds
+    the detector's memory); one `Detections` per frame, in order."""
+    check_frames(frames)
+    results: list[Detections] = []
+    for start in range(0, frames.shape[0], frames_per_pass):
+        results.extend(detect_pass(frames[start : start + frames_per_pass]))
+    return results

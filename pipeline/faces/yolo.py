@@ -22,7 +22,7 @@ import torch.nn.functional as F  # noqa: E402
 from ultralytics import YOLO  # noqa: E402
 from ultralytics.nn import tasks as ultralytics_tasks  # noqa: E402
 
-from pipeline.faces.types import Detections, FaceDetectorError, check_frames  # noqa: E402
+from pipeline.faces.types import Detections, FaceDetectorError, detect_in_passes  # noqa: E402
 
 STRIDE = 32  # YOLO input sides must be multiples of the largest feature stride
 LETTERBOX_FILL = 114 / 255  # ultralytics' padding grey
@@ -108,11 +108,7 @@ class YoloFaceDetector:
     @torch.inference_mode()
     def detect(self, frames: torch.Tensor) -> list[Detections]:
         """One `Detections` per frame (landmarks only from 5-keypoint pose models), on this detector's device."""
-        check_frames(frames)
-        results: list[Detections] = []
-        for start in range(0, frames.shape[0], self.frames_per_pass):
-            results.extend(self._detect_pass(frames[start : start + self.frames_per_pass]))
-        return results
+        return detect_in_passes(frames, self.frames_per_pass, self._detect_pass)
 
     def _letterbox(self, frames: torch.Tensor) -> tuple[torch.Tensor, float, int, int]:
         """Frames as a float RGB BCHW batch in [0, 1] ready for YOLO, plus the scale and the left/top padding."""
