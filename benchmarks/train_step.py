@@ -26,23 +26,11 @@ from pathlib import Path
 # would shadow the standard library's queue module (imported by torch's data loader and redis).
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-
-def _dataset(root: Path, size: int) -> Path:
-    rng = np.random.default_rng(0)
-    for label in ("real", "fake"):
-        for video in range(2):
-            for frame in range(2):
-                path = root / label / f"v{video}" / f"{frame}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
-    return root
 
 
 def measure(preset: str, batch_size: int, steps: int, device: str, amp: str, use_con: bool) -> dict[str, object]:
+    from pipeline.synthetic import write_noise_crops
     from trainer.config import TrainConfig
     from trainer.data import unwrap_batch
     from trainer.loop import Trainer
@@ -62,7 +50,7 @@ def measure(preset: str, batch_size: int, steps: int, device: str, amp: str, use
             loss={"use_con": use_con},
         )
         size = config.network_config().image_size
-        trainer = Trainer(config, _dataset(Path(tmp) / "data", size), Path(tmp) / "run", progress=False)
+        trainer = Trainer(config, write_noise_crops(Path(tmp) / "data", size=size, real=2, fake=2, frames=2), Path(tmp) / "run", progress=False)
         batches = iter(trainer._loader(0, steps + 1))
         cuda = trainer.runtime.device.type == "cuda"
 

@@ -3,7 +3,8 @@
 A real face (the astronaut from ``skimage.data``) moves smoothly over a textured,
 face-free background. Clips are small and encode in well under a second, so tests
 can generate them instead of shipping binary fixtures. Helpers for bad inputs
-(truncated, audio-only, text renamed as video, zero-byte) live here too.
+(truncated, audio-only, text renamed as video, zero-byte) and a folder of noise face
+crops for training runs live here too.
 """
 
 from __future__ import annotations
@@ -251,3 +252,20 @@ def write_corrupted_copy(src: str | Path, dst: str | Path, *, seed: int = 0, fra
     dst = Path(dst)
     dst.write_bytes(bytes(data))
     return dst
+
+
+def write_noise_crops(
+    root: str | Path, *, size: int, real: int = 4, fake: int = 4, frames: int = 3, seed: int = 0
+) -> Path:
+    """A crop dataset in the layout `ralf-cli train` reads (``root/real|fake/v<video>/<frame>.png``):
+    ``real`` and ``fake`` videos of ``frames`` uniform-noise ``size``x``size`` RGB crops each.
+    Enough to run training end to end; there is nothing to learn in it."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for label, videos in (("real", real), ("fake", fake)):
+        for video in range(videos):
+            for frame in range(frames):
+                path = root / label / f"v{video}" / f"{frame}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+    return root

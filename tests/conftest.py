@@ -1,4 +1,5 @@
-"""Shared test fixtures: small generated clips (a real face moving over a background) and bad inputs.
+"""Shared test fixtures: small generated clips (a real face moving over a background), bad inputs,
+and `one_thread` for CPU training tests.
 
 Every clip is 24 frames, 320x240, 12 fps (2.0 s) unless its fixture says otherwise; all are
 written once per session under a temporary directory.
@@ -6,7 +7,7 @@ written once per session under a temporary directory.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,15 @@ def truncated_mp4(face_clip_h264: Path, clip_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def missing_path(clip_dir: Path) -> Path:
     return clip_dir / "does_not_exist.mp4"
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """torch on one OpenMP thread during the test: two threads on a busy 2-core machine stall each
+    other; one thread is steady."""
+    import torch  # here: tests that never use torch do not pay its import
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -8,13 +8,11 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 from typer.testing import CliRunner
 
 from cli.main import app
+from pipeline.synthetic import write_noise_crops
 
 runner = CliRunner()
 TINY = [
@@ -23,23 +21,11 @@ TINY = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _crops(root: Path, real: int = 4, fake: int = 4, frames: int = 2, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    for label, count in (("real", real), ("fake", fake)):
-        for video in range(count):
-            for frame in range(frames):
-                path = root / label / f"v{video}" / f"{frame}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
-    return root
+def _crops(root: Path, real: int = 4, fake: int = 4) -> Path:
+    return write_noise_crops(root, size=32, real=real, fake=fake, frames=2)
 
 
 @pytest.fixture(scope="module")

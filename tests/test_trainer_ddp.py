@@ -9,11 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
+
+from pipeline.synthetic import write_noise_crops
 
 
 def _torchrun() -> list[str]:
@@ -22,20 +22,9 @@ def _torchrun() -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
-def _crops(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for label in ("real", "fake"):
-        for video in range(4):
-            for frame in range(3):
-                path = root / label / f"v{video}" / f"{frame}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
-    return root
-
-
 @pytest.mark.slow
 def test_torchrun_two_processes_train_and_resume(tmp_path: Path) -> None:
-    data = _crops(tmp_path / "data")
+    data = write_noise_crops(tmp_path / "data", size=32)
     run = tmp_path / "run"
     base = [
         *_torchrun(), "-m", "cli.main", "train", str(data), str(run), "--preset", "tiny", "--image-size", "32",

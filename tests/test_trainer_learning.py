@@ -88,15 +88,6 @@ def write_dataset(root: Path, groups: list[list[np.ndarray]], seed: int) -> None
                 Image.fromarray(pixels).save(path)
 
 
-@pytest.fixture
-def one_thread() -> object:
-    # Two OpenMP threads on a busy 2-core machine stall each other; one thread is steady.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.slow
 def test_training_learns_frequency_fakes(tmp_path: Path, one_thread: object) -> None:
     groups = astronaut_groups(20, frames=4, seed=0) + shared_real_groups()

@@ -8,34 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
+from pipeline.synthetic import write_noise_crops
 from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig
 from trainer.loop import Trainer, TrainingError, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    # Two OpenMP threads on a busy 2-core machine stall each other; one thread is steady.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def crops(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("resume_data")
-    rng = np.random.default_rng(0)
-    for label in ("real", "fake"):
-        for video in range(4):
-            for frame in range(3):
-                path = root / label / f"v{video}" / f"{frame}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(path)
-    return root
+    return write_noise_crops(tmp_path_factory.mktemp("resume_data"), size=36)
 
 
 def _config(**overrides: object) -> TrainConfig:
