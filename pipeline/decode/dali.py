@@ -14,17 +14,15 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from pipeline.decode.chunks import ChunkAssembler
 from pipeline.decode.probe import check_complete, presentation_times
 from pipeline.decode.rotation import to_upright
-from pipeline.decode.sampling import FrameSelector, Sampling
-from pipeline.decode.types import FrameBatch, VideoDecodeError, VideoInfo
+from pipeline.decode.source import SourceSpec
+from pipeline.decode.types import FrameBatch, VideoDecodeError
 
 DaliDevice = Literal["cpu", "mixed"]
 
@@ -54,41 +52,28 @@ class DaliFrameSource:
 
     name = "dali"
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        info: VideoInfo,
-        sampling: Sampling,
-        device: torch.device,
-        chunk_size: int,
-        start_index: int = 0,
-    ):
-        self._dali_device: DaliDevice = "mixed" if device.type == "cuda" else "cpu"
-        if info.codec not in supported_codecs(self._dali_device):
+    def __init__(self, spec: SourceSpec):
+        self._dali_device: DaliDevice = "mixed" if spec.device.type == "cuda" else "cpu"
+        if spec.info.codec not in supported_codecs(self._dali_device):
             raise DaliDecodeError(
-                f"DALI {self._dali_device} backend cannot decode {info.codec} "
+                f"DALI {self._dali_device} backend cannot decode {spec.info.codec} "
                 f"(supported: {', '.join(sorted(supported_codecs(self._dali_device)))})"
             )
-        self._path = path
-        self._info = info
-        self._sampling = sampling
-        self._device = device
-        self._chunk_size = chunk_size
-        self._start_index = start_index
-        self._timestamps, expected = presentation_times(path)
-        frame_s = 1.0 / info.fps
+        self._spec = spec
+        self._timestamps, expected = presentation_times(spec.path)
+        frame_s = 1.0 / spec.info.fps
         end_s = self._timestamps[-1] + frame_s if self._timestamps else 0.0
         # Packet-level check: a cut-off file is an input error, not a DALI limitation.
-        check_complete(expected, frames_decoded=len(self._timestamps), end_s=end_s, name=path.name)
-        self._pipe = _build_pipeline(self._dali_device, device, sequence_length=chunk_size)
+        check_complete(expected, frames_decoded=len(self._timestamps), end_s=end_s, name=spec.path.name)
+        self._pipe = _build_pipeline(self._dali_device, spec.device, sequence_length=spec.chunk_size)
 
     def batches(self) -> Iterator[FrameBatch]:
+        spec = self._spec
         timestamps = self._timestamps
         total = len(timestamps)
-        selector = FrameSelector(self._sampling, duration_s=self._info.duration_s, num_frames=self._info.num_frames)
-        assembler = ChunkAssembler(self._chunk_size, self._device)
-        encoded = np.memmap(self._path, dtype=np.uint8, mode="r")
+        selector = spec.selector()
+        assembler = spec.assembler()
+        encoded = np.memmap(spec.path, dtype=np.uint8, mode="r")
         try:
             self._pipe.feed_input(_INPUT_NAME, [encoded])
             decoded = 0
@@ -100,15 +85,15 @@ class DaliFrameSource:
                 local = [
                     j
                     for j in range(min(count, total - decoded))
-                    if selector.keep(decoded + j, timestamps[decoded + j]) and decoded + j >= self._start_index
+                    if selector.keep(decoded + j, timestamps[decoded + j]) and decoded + j >= spec.start_index
                 ]
                 if local:
-                    frames = to_upright(self._to_torch(sequence, local), self._info.rotation)
+                    frames = to_upright(self._to_torch(sequence, local), spec.info.rotation)
                     indices = [decoded + j for j in local]
                     yield from assembler.add(frames, indices, [timestamps[i] for i in indices])
                 decoded += count
             if decoded < total:
-                raise DaliDecodeError(f"DALI stopped after {decoded} of {total} frames of {self._path.name}")
+                raise DaliDecodeError(f"DALI stopped after {decoded} of {total} frames of {spec.path.name}")
         finally:
             self.close()
             del encoded
@@ -125,7 +110,7 @@ class DaliFrameSource:
             (output,) = self._pipe.run()
         except RuntimeError as exc:
             raise DaliDecodeError(
-                f"DALI failed on {self._path.name} after {decoded} frames: {dali_error_reason(exc)}"
+                f"DALI failed on {self._spec.path.name} after {decoded} frames: {dali_error_reason(exc)}"
             ) from None
         return output[0]
 
@@ -135,9 +120,10 @@ class DaliFrameSource:
             return torch.from_numpy(np.asarray(sequence)[keep])  # fancy indexing copies
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
-        full = torch.empty(tuple(sequence.shape()), dtype=torch.uint8, device=self._device)
-        feed_ndarray(sequence, full, cuda_stream=torch.cuda.current_stream(self._device))
-        return full if len(keep) == full.shape[0] else full[torch.tensor(keep, device=self._device)]
+        device = self._spec.device
+        full = torch.empty(tuple(sequence.shape()), dtype=torch.uint8, device=device)
+        feed_ndarray(sequence, full, cuda_stream=torch.cuda.current_stream(device))
+        return full if len(keep) == full.shape[0] else full[torch.tensor(keep, device=device)]
 
 
 def _build_pipeline(dali_device: DaliDevice, device: torch.device, *, sequence_length: int) -> Any:

@@ -15,6 +15,7 @@ from pipeline.decode.dali import DaliDecodeError, DaliFrameSource, dali_installe
 from pipeline.decode.probe import check_file, probe_video
 from pipeline.decode.pyav import PyAVFrameSource
 from pipeline.decode.sampling import Sampling
+from pipeline.decode.source import SourceSpec
 from pipeline.decode.types import BackendName, BackendRequest, FrameBatch, VideoInfo
 
 logger = logging.getLogger(__name__)
@@ -103,12 +104,14 @@ class VideoStream:
     def _make_source(self, name: BackendName, *, start_index: int) -> FrameSource:
         source_type = DaliFrameSource if name == "dali" else PyAVFrameSource
         return source_type(
-            self.path,
-            info=self.info,
-            sampling=self._sampling,
-            device=self._device,
-            chunk_size=self._chunk_size,
-            start_index=start_index,
+            SourceSpec(
+                self.path,
+                info=self.info,
+                sampling=self._sampling,
+                device=self._device,
+                chunk_size=self._chunk_size,
+                start_index=start_index,
+            )
         )
 
 
