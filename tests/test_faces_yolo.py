@@ -137,3 +137,11 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     weights.write_bytes(b"this is not a checkpoint")
     with pytest.raises(FaceDetectorError, match="cannot load YOLO weights"):
         YoloFaceDetector(weights)
+def test_importing_yolo_backend_keeps_pil_errors(tmp_path: Path) -> None:
+    """ultralytics patches PIL.Image.open at import; a corrupt crop must still raise PIL's own error."""
+    from PIL import Image, UnidentifiedImageError
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png at all")
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(bad)

@@ -19,8 +19,15 @@ os.environ["YOLO_OFFLINE"] = "1"
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
 from ultralytics import YOLO  # noqa: E402
 from ultralytics.nn import tasks as ultralytics_tasks  # noqa: E402
+from ultralytics.utils import patches as ultralytics_patches  # noqa: E402
+
+# Importing ultralytics replaces PIL.Image.open process-wide with a wrapper that, on a file PIL cannot
+# identify, tries to install pi-heif and raises ModuleNotFoundError instead of UnidentifiedImageError.
+# Frames reach YOLO as tensors, so undo the patch: PIL keeps its own errors for everyone else.
+Image.open = ultralytics_patches._image_open
 
 from pipeline.faces.types import Detections, FaceDetectorError, detect_in_passes  # noqa: E402
 
