@@ -57,7 +57,7 @@ def test_random_vgg_layers_and_freezing(random_vgg: VGG19Features) -> None:
 
 
 def test_missing_vgg_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="RALF_VGG19_WEIGHTS"):
+    with pytest.raises(FileNotFoundError, match="--no-con"):
         VGG19Features(None)
     with pytest.raises(FileNotFoundError, match="vgg19-weights"):
         VGG19Features(tmp_path / "vgg19-dcbb9e9d.pth")

@@ -26,8 +26,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MISSING_WEIGHTS_HELP = (
     "L_con needs ImageNet VGG19 weights from a local file, and nothing is downloaded. Provide torchvision's "
-    "vgg19-dcbb9e9d.pth (or a .safetensors with the same keys) with --vgg19-weights PATH or the environment "
-    "variable RALF_VGG19_WEIGHTS, switch L_con off (use_con=False), or explicitly accept a randomly "
+    "vgg19-dcbb9e9d.pth (or a .safetensors with the same keys) with `ralf-cli train --vgg19-weights PATH`, "
+    "switch L_con off (--no-con / use_con=False), or explicitly accept a randomly "
     "initialised frozen extractor (allow_random=True / --allow-random-vgg), which is only useful for tests."
 )
 
