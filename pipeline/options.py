@@ -14,6 +14,15 @@ EngineName = Literal["auto", "tensorrt", "compile", "eager"]
 AggregationName = Literal["mean", "topk", "median"]
 
 
+# Random weights (no trained file yet) are drawn from this seed, so every process builds the same model.
+RANDOM_WEIGHTS_SEED = 0
+
+
+def random_model_version(preset: str) -> str:
+    """The model version of the seeded random model; torch-free, so enqueue can name it without a model."""
+    return f"random-{preset}-seed{RANDOM_WEIGHTS_SEED}"
+
+
 class ScanOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -31,7 +31,7 @@ from pipeline.crops import crop_faces
 from pipeline.decode import FrameBatch, Sampling, VideoDecodeError, VideoInfo, VideoStream, open_video, probe_video
 from pipeline.engine import InferenceEngine, InferenceOutOfMemory, load_engine
 from pipeline.faces import FaceDetector, build_detector
-from pipeline.options import ScanOptions
+from pipeline.options import RANDOM_WEIGHTS_SEED, ScanOptions, random_model_version
 from pipeline.tracking import IouTracker
 from pipeline.verdict import Counts, StageTimings, TrackVerdict, Verdict, VerdictLabel
 from ralf.config import RALFConfig
@@ -50,7 +50,6 @@ __all__ = [
 ]
 
 RANDOM_WEIGHTS_WARNING = "weights are random: verdicts are meaningless until you train or import weights"
-RANDOM_WEIGHTS_SEED = 0
 UNCALIBRATED_THRESHOLD = 0.5
 UNCALIBRATED_THRESHOLD_SOURCE = "uncalibrated default (0.5)"
 INTERNAL_ERROR_PREFIX = "internal: "
@@ -148,7 +147,7 @@ class _LoadedModel:
     @classmethod
     def load(cls, weights: Path | None, preset_if_random: str, device: torch.device) -> _LoadedModel:
         if weights is None:
-            version = f"random-{preset_if_random}-seed{RANDOM_WEIGHTS_SEED}"
+            version = random_model_version(preset_if_random)
             decision = Decision.from_calibration(None)
             return cls(_random_model(preset_if_random), None, preset_if_random, version, True, decision)
         model, metadata = load_weights(weights, device)

@@ -84,6 +84,15 @@ def test_scan_job_equals_scan(setup: tuple[Settings, Path, Path]) -> None:
     assert verdict.path == str(clip) and verdict.warnings == direct.warnings  # model versions agree
 
 
+def test_random_weights_version_agrees_between_enqueue_and_worker(setup: tuple[Settings, Path, Path]) -> None:
+    """Without a weights file, the version named at enqueue is the one the worker's Scanner reports."""
+    settings, clip, _ = setup
+    random_settings = settings.model_copy(update={"weights": None, "random_preset": "tiny"})
+    verdict = scan_job(file_job(random_settings, clip), random_settings)
+    assert verdict.model_version == model_version(random_settings)
+    assert not any("enqueued for model" in w for w in verdict.warnings)
+
+
 def test_worker_rechecks_media_roots(setup: tuple[Settings, Path, Path]) -> None:
     settings, _, outside = setup
     verdict = scan_job(file_job(settings, outside), settings)

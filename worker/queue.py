@@ -20,6 +20,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegi
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
+from pipeline.options import random_model_version
 from pipeline.verdict import Verdict
 from worker.jobs import JOB_FUNCTION, ScanJob, ScanOverrides, job_id_for
 from worker.settings import PRIORITIES, Priority, Settings
@@ -51,7 +52,7 @@ def all_queues(settings: Settings, connection: Redis) -> list[Queue]:
 def model_version(settings: Settings) -> str:
     """The version the workers will scan with, from the weights file header (no model is built)."""
     if settings.weights is None:
-        return f"random-{settings.random_preset}"
+        return random_model_version(settings.random_preset)
     from ralf.weights import WeightsError, read_metadata
 
     try:
