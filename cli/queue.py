@@ -291,8 +291,10 @@ def worker_command(
     max_jobs: Annotated[int | None, typer.Option(min=1, help="Quit after this many jobs")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run a queue worker: the model is loaded once per process and warmed up, then jobs are taken
-    from the high, default and low queues in that order."""
+    """Run a queue worker: model loaded and warmed up once per process; high, default, low queues in turn.
+
+    Jobs of workers killed mid-job are detected through a short liveness key and re-queued.
+    """
     from worker.workers import ScanWorker  # deferred: imports torch
 
     settings = _settings()
