@@ -40,7 +40,7 @@ from pipeline.scan import Scanner  # noqa: E402
 from ralf.config import RALFConfig  # noqa: E402
 from ralf.model import RALF  # noqa: E402
 from ralf.weights import save_weights  # noqa: E402
-from worker.queue import all_queues, connect, enqueue_scan  # noqa: E402
+from worker.queue import all_queues, connect, delete_prefixed_keys, enqueue_scan  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 
 
@@ -138,13 +138,7 @@ def run_queue(env: dict[str, str], clips: list[Path], workers: int, logs: Path) 
             p.send_signal(signal.SIGTERM)
         for p in procs:
             p.wait(timeout=60)
-        keys = list(connection.scan_iter(match=f"*{prefix}*", count=1000))
-        if keys:
-            connection.delete(*keys)
-        for shared in ("rq:queues", "rq:workers"):
-            mine = [m for m in connection.smembers(shared) if prefix.encode() in m]
-            if mine:
-                connection.srem(shared, *mine)
+        delete_prefixed_keys(connection, prefix)
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ from ralf.config import RALFConfig
 from ralf.model import RALF
 from ralf.weights import save_weights
 from worker.jobs import ScanOverrides
-from worker.queue import all_queues, connect, enqueue_scan, fetch_job, job_verdict
+from worker.queue import all_queues, connect, delete_prefixed_keys, enqueue_scan, fetch_job, job_verdict
 from worker.settings import Settings, settings_env_names
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
@@ -121,16 +121,7 @@ def env(media: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
 
 def delete_own_keys(connection: redis.Redis) -> None:
     """Only keys that carry this session's prefix (queue names, job ids and worker names all do)."""
-    keys = list(connection.scan_iter(match=f"*{PREFIX}*", count=1000))
-    if keys:
-        connection.delete(*keys)
-    for shared in ("rq:queues", "rq:workers"):
-        mine = [m for m in connection.smembers(shared) if PREFIX.encode() in m]
-        if mine:
-            connection.srem(shared, *mine)
-    for key in connection.scan_iter(match="rq:scheduler:*"):  # named by uuid; our queues are in the hash
-        if PREFIX.encode() in (connection.hget(key, "queues") or b""):
-            connection.delete(key)
+    delete_prefixed_keys(connection, PREFIX)
 
 
 @pytest.fixture(scope="module")

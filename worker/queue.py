@@ -261,3 +261,18 @@ def list_jobs(connection: Redis, settings: Settings, *, failed: bool = False) ->
     jobs = Job.fetch_many(list(dict.fromkeys(ids)), connection=connection, serializer=JSONSerializer)
     return [job_state(job) for job in jobs if job is not None]
 
+
+def delete_prefixed_keys(connection: Redis, prefix: str) -> None:
+    """Remove everything a deployment whose job ids, queue and worker names all carry `prefix` left in
+    Redis (tests, benchmarks), touching no other key: its keys, its entries in rq's shared sets, and
+    the scheduler locks of its queues (named by uuid, so found through the queues they list)."""
+    keys = list(connection.scan_iter(match=f"*{prefix}*", count=1000))
+    if keys:
+        connection.delete(*keys)
+    for shared in ("rq:queues", "rq:workers"):
+        mine = [member for member in connection.smembers(shared) if prefix.encode() in member]
+        if mine:
+            connection.srem(shared, *mine)
+    for key in connection.scan_iter(match="rq:scheduler:*"):
+        if prefix.encode() in (connection.hget(key, "queues") or b""):
+            connection.delete(key)
