@@ -38,6 +38,14 @@ class ClassifierConfig(BaseModel):
     # Destruction-guided spatial attention (Fig. 4 lower branch); off = plain backbone on |x - x~|.
     destruction_guidance: bool = True
     attention_kernel: int = Field(7, ge=1)
+    # Xception only. BatchNorm epsilon of every BN: torch's 1e-5 (Cadene/timm ImageNet weights), or
+    # Keras's 1e-3 when the backbone starts from Keras ImageNet weights (ralf.keras_xception), whose
+    # BN statistics were learned with it; saved with the RALF weights so they reload identically.
+    batch_norm_eps: float = Field(1e-5, gt=0.0)
+    # Xception only. Padding of the stride-2 3x3 max pools: "symmetric" (torch, padding=1 on every
+    # side) or "same" (TF/Keras padding="same": on even sizes one extra row/column at the end
+    # only), which Keras ImageNet weights need to reproduce Keras's features.
+    max_pool_padding: Literal["symmetric", "same"] = "symmetric"
 
 
 class DiscriminatorConfig(BaseModel):

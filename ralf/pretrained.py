@@ -68,18 +68,30 @@ def _find_xception(model: nn.Module) -> Xception:
 
 
 def load_xception_imagenet(model: nn.Module, path: str | Path) -> str:
-    """Load an ImageNet Xception checkpoint (Cadene pretrainedmodels / timm legacy_xception naming)
-    into the Xception inside `model` (a RALF, Classifier or Xception); the 1000-class head is skipped.
+    """Load ImageNet Xception weights into the Xception inside `model` (a RALF, Classifier or
+    Xception); the 1000-class head is skipped.
 
-    Old checkpoints store pointwise convs as (out, in) matrices; they are reshaped to (out, in, 1, 1).
-    Returns "imagenet:<sha256 of the file>" for the weights' `pretrained` metadata.
+    By suffix: .keras / .h5 / .hdf5 are Keras's ImageNet Xception (`ralf.keras_xception`; the network
+    must be built with its `KERAS_CLASSIFIER_SETTINGS`), returning "imagenet-keras:<sha256>";
+    anything else (.pth, .pt, .bin, .safetensors) is a Cadene pretrainedmodels / timm
+    legacy_xception checkpoint, returning "imagenet:<sha256 of the file>". Old Cadene checkpoints
+    store pointwise convs as (out, in) matrices; they are reshaped to (out, in, 1, 1).
     """
+    if Path(path).suffix.lower() in (".keras", ".h5", ".hdf5"):
+        from ralf.keras_xception import load_keras_xception  # imports this module; h5py loads lazily
+
+        return load_keras_xception(model, path)
     backbone = _find_xception(model)
     if backbone.stem_widths != (32, 64) or backbone.num_features != 2048 or len(backbone.block_names) != 12:
         raise PretrainedError(
             "ImageNet Xception weights fit only the full network (classifier width 1.0, 8 middle blocks); "
             f"this one has stem widths {backbone.stem_widths}, {backbone.num_features} features and "
             f"{len(backbone.block_names) - 4} middle blocks"
+        )
+    if any(isinstance(m, nn.BatchNorm2d) and m.eps != 1e-5 for m in backbone.modules()):
+        raise PretrainedError(
+            "Cadene/timm ImageNet Xception weights were trained with BatchNorm epsilon 1e-5; this network "
+            "uses another ClassifierConfig.batch_norm_eps (1e-3 is for Keras weights: a .keras/.h5 file)"
         )
     path = Path(path)
     source = read_state_dict(path)
