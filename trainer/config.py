@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ralf.config import Backbone, Pooling, RALFConfig
+from ralf.keras_xception import KERAS_CLASSIFIER_SETTINGS, is_keras_file
 from ralf.losses.objective import LossConfig
 
 PresetName = Literal["tiny", "paper"]
@@ -87,6 +88,9 @@ class TrainConfig(BaseModel):
         overrides: dict[str, object] = {"classifier": {"backbone": self.backbone, "pool": self.pool}}
         if self.image_size is not None:
             overrides["image_size"] = self.image_size
+        if self.xception_weights is not None and is_keras_file(self.xception_weights):
+            # Keras ImageNet Xception weights: Keras's BatchNorm epsilon (1e-3), "same" max-pool padding.
+            overrides["classifier"] = {**overrides["classifier"], **KERAS_CLASSIFIER_SETTINGS}  # type: ignore[dict-item]
         return RALFConfig.from_preset(self.preset, **overrides)
 
     def differences(self, other: "TrainConfig") -> list[str]:
