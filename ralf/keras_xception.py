@@ -429,6 +429,12 @@ def keras_state_dict(backbone: Xception, keras: KerasXception) -> dict[str, torc
         else:
             unmapped.extend(f"{layer.name}/{name}" for name in layer.arrays)
 
+    blocks = [int(m.group(1)) for layer in keras.layers if (m := re.match(r"block(\d+)_", layer.name))]
+    if blocks and max(blocks) != len(backbone.block_names) + 2:
+        problems.append(
+            f"the file's last block is block{max(blocks)}: {max(blocks) - 6} middle blocks, the network has "
+            f"{len(backbone.block_names) - 4} (ClassifierConfig.middle_blocks)"
+        )
     if len(residual_convs) != len(skip_blocks) or len(residual_bns) != len(skip_blocks):
         problems.append(
             f"the network has {len(skip_blocks)} residual projections ({', '.join(skip_blocks)}), the file "
