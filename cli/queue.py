@@ -11,6 +11,7 @@ import typer
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rq.job import Job, JobStatus
@@ -89,24 +90,33 @@ def enqueue(
     refused: list[dict[str, str]] = []
     try:
         version = model_version(settings)
-        for text in inputs:
-            try:
-                accepted.append(
-                    enqueue_scan(
-                        connection, settings, text, priority=priority, force=force, overrides=overrides, version=version
-                    )
-                )
-            except (SourceRefused, EnqueueRefused) as exc:
-                refused.append({"input": text, "error": str(exc)})
-                err.print(f"[red]refused[/red] {text}: {exc}")
     except EnqueueRefused as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(2) from None
-    except RedisError as exc:
-        raise _redis_failure(exc, settings) from None
+    redis_error: RedisError | None = None
+    # Every input is answered: enqueued, refused with the reason, or (Redis gone) not tried; what was
+    # enqueued before a failure is still printed.
+    for position, text in enumerate(inputs):
+        try:
+            accepted.append(
+                enqueue_scan(
+                    connection, settings, text, priority=priority, force=force, overrides=overrides, version=version
+                )
+            )
+        except (SourceRefused, EnqueueRefused) as exc:
+            refused.append({"input": text, "error": str(exc)})
+            err.print(f"[red]refused[/red] {escape(text)}: {escape(str(exc))}")
+        except RedisError as exc:
+            redis_error = exc
+            for skipped in inputs[position:]:
+                refused.append({"input": skipped, "error": f"not enqueued: Redis failed ({exc})"})
+            break
+        except Exception as exc:  # noqa: BLE001 - one odd input must not cost the others their answer
+            refused.append({"input": text, "error": f"internal error: {type(exc).__name__}: {exc}"})
+            err.print(f"[red]internal error[/red] on {escape(text)}: {escape(type(exc).__name__)}: {escape(str(exc))}")
 
     failed = False
-    if wait and accepted:
+    if wait and accepted and redis_error is None:
         states = _wait_for(connection, [job.job_id for job in accepted], timeout_s=wait_timeout, quiet=as_json)
         failed = any(state.status != JobStatus.FINISHED.value for state in states)
         _report_waited(connection, states, refused, as_json)
@@ -115,7 +125,11 @@ def enqueue(
     else:
         for job in accepted:  # plain tab-separated lines: `cut -f1` gives the ids
             note = "" if job.created else f"\talready enqueued ({job.status})"
+            if job.requeued:
+                note += ", re-queued: no worker held it"
             typer.echo(f"{job.job_id}\t{job.source}{note}")
+    if redis_error is not None:
+        raise _redis_failure(redis_error, settings)
     if refused:
         raise typer.Exit(2)
     if failed:
@@ -307,11 +321,10 @@ def worker_command(
             mode=mode,
             warm_up=warm_up,
             default_result_ttl=settings.result_ttl_s,
-            maintenance_interval=60,  # also restarts the retry scheduler if its worker died
+            maintenance_interval=60,
         )
-        scan_worker.work(
-            burst=burst, max_jobs=max_jobs, with_scheduler=True, logging_level="DEBUG" if verbose else "INFO"
-        )
+        # No rq scheduler process: the worker's liveness thread moves due retries (worker/liveness.py).
+        scan_worker.work(burst=burst, max_jobs=max_jobs, logging_level="DEBUG" if verbose else "INFO")
     except RedisError as exc:
         raise _redis_failure(exc, settings) from None
     except ValueError as exc:  # setup problems: weights or detector files missing, CUDA absent

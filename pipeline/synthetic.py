@@ -206,6 +206,50 @@ def write_truncated_copy(src: str | Path, dst: str | Path, fraction: float) -> P
     return dst
 
 
+def write_latin1_metadata_copy(src: str | Path, dst: str | Path, title: str = "Caf\xe9") -> Path:
+    """Remux ``src``'s video stream (no re-encoding) with a Latin-1 encoded title and handler name: what
+    `ffmpeg -i in.mp4 -c copy -metadata title="$(printf 'Caf\\xe9')" out.mp4` makes, metadata that is
+    not UTF-8."""
+    dst = Path(dst)
+    with av.open(str(src)) as source, av.open(str(dst), mode="w", metadata_encoding="latin-1") as target:
+        target.metadata["title"] = title
+        video_in = source.streams.video[0]
+        video_out = target.add_stream_from_template(video_in)
+        video_out.metadata["handler_name"] = f"{title} handler"
+        for packet in source.demux(video_in):
+            if packet.dts is None:
+                continue
+            packet.stream = video_out
+            target.mux(packet)
+    if title.encode("latin-1") not in dst.read_bytes():
+        raise RuntimeError("the remuxed file does not carry the Latin-1 title")
+    return dst
+
+
+def write_still_image(path: str | Path, size: tuple[int, int] = (320, 240)) -> Path:
+    """One PNG image of the generated scene (a face on a background), under any name (e.g. '.mp4')."""
+    from PIL import Image
+
+    width, height = size
+    frame = next(iter_frames(1, (width, height)))
+    path = Path(path)
+    Image.fromarray(frame).save(path, format="PNG")
+    return path
+
+
+def write_animated_webp(path: str | Path, *, num_frames: int = 8, size: tuple[int, int] = (320, 240), fps: float = 8.0) -> Path:
+    """An animated WebP of the moving-face scene (Pillow writes it; many FFmpeg builds cannot decode it)."""
+    from PIL import Image
+
+    width, height = size
+    images = [Image.fromarray(frame) for frame in iter_frames(num_frames, (width, height))]
+    path = Path(path)
+    images[0].save(
+        path, format="WEBP", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0, quality=90
+    )
+    return path
+
+
 def write_audio_only(path: str | Path, *, seconds: float = 1.0, sample_rate: int = 16000) -> Path:
     """A file with a single audio stream (a sine tone) and no video; '.m4a'/'.mp4' gives AAC, '.wav' PCM."""
     path = Path(path)

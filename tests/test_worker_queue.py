@@ -108,7 +108,8 @@ def env(media: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
         "RALF_RETRY_INTERVALS_S": "0",
         "RALF_WORKER_LIVENESS_TTL_S": "3",
         "RALF_DOWNLOAD_MAX_BYTES": "1000000",
-        "RALF_DOWNLOAD_TIMEOUT_S": "10",
+        "RALF_DOWNLOAD_TIMEOUT_S": "5",
+        "RALF_URL_ALLOW": "127.0.0.1",  # this module's HTTP server; every other internal address stays refused
     }
     with pytest.MonkeyPatch.context() as patch:
         for name in settings_env_names():
@@ -170,13 +171,13 @@ class WorkerProcess:
 
 
 def rq_worker(
-    env: dict[str, str], tmp: Path, name: str, *, burst: bool, url: str | None = None, preload: bool = False
+    env: dict[str, str], tmp: Path, name: str, *, burst: bool, url: str | None = None, queues: list[str] | None = None
 ) -> WorkerProcess:
-    """The documented plain command: rq worker <queues> --url $RALF_REDIS_URL --serializer ...JSONSerializer
-    (with `preload`, plus --worker-class worker.workers.ScanWorker as in compose.yaml's rq-worker)."""
-    argv = [str(BIN / "rq"), "worker", f"{PREFIX}-high", f"{PREFIX}-default", f"{PREFIX}-low"]
+    """The documented plain rq command (as compose.yaml's rq-worker runs it): rq worker <queues> --url ...
+    --serializer rq.serializers.JSONSerializer --worker-class worker.workers.ScanWorker --with-scheduler."""
+    argv = [str(BIN / "rq"), "worker", *(queues or [f"{PREFIX}-high", f"{PREFIX}-default", f"{PREFIX}-low"])]
     argv += ["--url", url or env["RALF_REDIS_URL"], "--serializer", "rq.serializers.JSONSerializer", "--name", name]
-    argv += ["--worker-class", "worker.workers.ScanWorker"] if preload else []
+    argv += ["--worker-class", "worker.workers.ScanWorker", "--with-scheduler"]
     return WorkerProcess(argv + (["--burst"] if burst else []), env, tmp / f"{name}.log", name)
 
 
@@ -403,7 +404,7 @@ def test_nothing_lost_when_redis_restarts(env: dict[str, str], media: Path, tmp_
         assert all_queues(own, connection)[1].count == 3
         # in-process mode (what CUDA workers use), here on CPU
         worker_env = {**env, "RALF_REDIS_URL": url, "RALF_WORKER_MODE": "in-process"}
-        worker = rq_worker(worker_env, tmp_path, f"{PREFIX}-restart", burst=True, url=url, preload=True)
+        worker = rq_worker(worker_env, tmp_path, f"{PREFIX}-restart", burst=True, url=url)
         assert worker.wait(180) == 0, worker.tail()
         jobs = Job.fetch_many(job_ids, connection=connection, serializer=JSONSerializer)
         assert [job.get_status().value for job in jobs] == ["finished"] * 3

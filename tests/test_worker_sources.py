@@ -130,3 +130,91 @@ def test_probing_at_enqueue_does_not_import_torch(face_clip_h264: Path) -> None:
     probed = json.loads(result.stdout)
     assert probed["duration"] == pytest.approx(2.0, abs=0.1) and probed["frames"] == 24
     assert probed["torch"] is False
+
+
+# --- URLs to internal addresses (SSRF) are refused at enqueue -----------------------------------------
+# Checked with the rules alone: nothing here connects anywhere, and host names resolve only through
+# the fake resolvers below.
+def no_dns(host: str, port: int) -> list[str]:
+    raise AssertionError(f"unexpected DNS lookup of {host!r}")
+
+
+def fake_dns(table: dict[str, list[str]]):  # type: ignore[no-untyped-def]
+    def resolve(host: str, port: int) -> list[str]:
+        if host not in table:
+            raise OSError(f"fake resolver: unknown host {host}")
+        return table[host]
+
+    return resolve
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://127.0.0.1:6379", "127.0.0.1 is not a public address (loopback)"),
+        ("http://localhost/a.mp4", "reserved for local hosts"),
+        ("http://LOCALHOST./a.mp4", "reserved for local hosts"),
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),
+        ("http://[::1]:8080/a.mp4", "::1 is not a public address (loopback)"),
+        ("http://0.0.0.0/a.mp4", "unspecified"),
+        ("http://2130706433/a.mp4", "127.0.0.1 is not a public address"),
+        ("http://0x7f.1/a.mp4", "127.0.0.1 is not a public address"),
+        ("http://0177.0.0.1/a.mp4", "127.0.0.1 is not a public address"),
+        ("http://10.0.0.1/a.mp4", "private"),
+        ("http://192.168.1.10/a.mp4", "private"),
+        ("http://100.64.0.1/a.mp4", "shared address space"),
+        ("http://224.0.0.251/a.mp4", "multicast"),
+        ("http://[::ffff:127.0.0.1]/a.mp4", "loopback: 127.0.0.1 embedded"),
+        ("http://[fe80::1]/a.mp4", "link-local"),
+        ("http://metadata.google.internal/computeMetadata/v1/", "reserved for local hosts"),
+        ("http://printer.local/a.mp4", "reserved for local hosts"),
+    ],
+)
+def test_internal_addresses_are_refused(layout: tuple[Path, Path], url: str, message: str) -> None:
+    from worker.addresses import AddressPolicy
+
+    with pytest.raises(SourceRefused, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_source(url, [layout[0]], AddressPolicy(), no_dns)
+
+
+def test_names_are_checked_on_what_they_resolve_to(layout: tuple[Path, Path]) -> None:
+    from worker.addresses import AddressPolicy
+
+    resolver = fake_dns({"sneaky.example": ["127.0.0.1"], "cdn.example": ["93.184.216.34", "2606:2800:220:1::1"]})
+    with pytest.raises(SourceRefused, match="resolves to 127.0.0.1"):
+        check_source("https://sneaky.example/a.mp4", [layout[0]], AddressPolicy(), resolver)
+    assert check_source("https://cdn.example/a.mp4", [layout[0]], AddressPolicy(), resolver).kind == "url"
+    # not resolvable where enqueue runs: accepted, the worker checks the address it connects to
+    assert check_source("https://elsewhere.example/a.mp4", [layout[0]], AddressPolicy(), resolver).kind == "url"
+
+
+def test_allow_list_opens_chosen_hosts_and_networks(layout: tuple[Path, Path]) -> None:
+    from worker.addresses import AddressPolicy
+
+    policy = AddressPolicy.from_entries(["127.0.0.1", "10.20.0.0/16", "media.corp.internal"])
+    resolver = fake_dns({"media.corp.internal": ["10.99.0.5"]})
+    for url in ("http://127.0.0.1:8000/a.mp4", "http://10.20.3.4/a.mp4", "http://media.corp.internal/a.mp4"):
+        assert check_source(url, [layout[0]], policy, resolver).kind == "url"
+    for url in ("http://127.0.0.2/a.mp4", "http://10.21.0.1/a.mp4", "http://other.corp.internal/a.mp4"):
+        with pytest.raises(SourceRefused):
+            check_source(url, [layout[0]], policy, resolver)
+    with pytest.raises(ValueError, match="neither an address/network nor a host name"):
+        AddressPolicy.from_entries(["http://x/"])
+
+
+@pytest.mark.parametrize("url", ["http://user:secret@example.com/a.mp4", "https://:secret@example.com/a.mp4"])
+def test_credentials_are_refused_without_repeating_them(layout: tuple[Path, Path], url: str) -> None:
+    with pytest.raises(SourceRefused, match="credentials") as info:
+        check_source(url, [layout[0]])
+    assert "secret" not in str(info.value)
+
+
+def test_settings_allow_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.settings import Settings
+
+    monkeypatch.setenv("RALF_URL_ALLOW", "127.0.0.1, 10.0.0.0/8,media.internal")
+    policy = Settings().url_policy()
+    assert policy.host_allowed("MEDIA.internal") and len(policy.allow_networks) == 2
+    monkeypatch.setenv("RALF_URL_ALLOW", "not a host!")
+    with pytest.raises(ValueError, match="neither"):
+        Settings()

@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.job import Job
@@ -89,6 +89,61 @@ def job_id_for(scan_job: ScanJob, key_prefix: str) -> str:
 
 class TransientScanError(RuntimeError):
     """Raised so that rq retries the job later (its retry policy decides how often and when)."""
+
+
+class InvalidPayload(ValueError):
+    """The job's payload is not a ScanJob; permanent (the message names the fields, without links)."""
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """pydantic's errors in one line each, without its 'For further information visit ...' links."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in error["loc"]) or "payload"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def parse_payload(payload: object) -> ScanJob:
+    try:
+        return ScanJob.model_validate(payload)
+    except ValidationError as exc:
+        raise InvalidPayload(f"invalid scan job payload: {describe_validation_error(exc)}") from None
+
+
+def job_refusal(job: Job) -> str | None:
+    """Why a worker must not run this rq job, or None when it is a well-formed scan job.
+
+    Anyone who can write to Redis can put a job on a queue, and rq would import and call whatever
+    function, callback or webhook the job names. A worker of this project runs `run_scan_job` with one
+    JSON payload and nothing else: no other function, no bound instance, no keyword arguments, no
+    callbacks (rq imports and calls those too) and no webhooks (requests to any address). Nothing is
+    imported to decide: only the job's stored names and its JSON data are read."""
+    try:
+        func_name, instance, args, kwargs = job.func_name, job.instance, job.args, job.kwargs
+    except Exception as exc:  # noqa: BLE001 - undecodable data (not JSON, not rq's layout)
+        return f"refused: the job's data cannot be read as a JSON rq job ({type(exc).__name__})"
+    if func_name != JOB_FUNCTION:
+        return f"refused: this worker runs only {JOB_FUNCTION}, not {str(func_name)[:200]!r}"
+    if instance is not None:
+        return "refused: a scan job is a plain function call, not a method of a stored instance"
+    if kwargs or not isinstance(args, (list, tuple)) or len(args) != 1:
+        return "refused: a scan job takes exactly one positional argument, its JSON payload"
+    callbacks = {
+        "on_success": job._success_callback_name,
+        "on_failure": job._failure_callback_name,
+        "on_stopped": job._stopped_callback_name,
+    }
+    named = sorted(kind for kind, name in callbacks.items() if name)
+    if named:
+        return f"refused: scan jobs carry no callbacks ({', '.join(named)} set)"
+    if job.webhooks:
+        return "refused: scan jobs carry no webhooks"
+    try:
+        parse_payload(args[0])
+    except InvalidPayload as exc:
+        return f"refused: {exc}"
+    return None
 
 
 @lru_cache(maxsize=1)
@@ -183,15 +238,24 @@ def local_copy(job: ScanJob, settings: Settings, progress: JobProgress) -> Itera
     if job.kind == "file":
         yield Path(check_local_path(job.source, settings.media_roots).location)
         return
-    check_url(job.source)
+    policy = settings.url_policy()
+    check_url(job.source, policy)
     progress.update("downloading", force=True)
     path = download(
-        job.source, settings.download_dir, max_bytes=settings.download_max_bytes, timeout_s=settings.download_timeout_s
+        job.source,
+        settings.download_dir,
+        max_bytes=settings.download_max_bytes,
+        timeout_s=settings.download_timeout_s,
+        policy=policy,
     )
     try:
         yield path
     finally:
         path.unlink(missing_ok=True)
+
+
+def _name_url(message: str, download: Path, url: str) -> str:
+    return message.replace(str(download), url).replace(download.name, url)
 
 
 def job_options(settings: Settings, job: ScanJob, rq_job: Job | None) -> ScanOptions:
@@ -216,6 +280,9 @@ def scan_job(job: ScanJob, settings: Settings, rq_job: Job | None = None) -> Ver
                 warnings.append("the file changed after it was enqueued; the verdict is for its current content")
             progress.update("scanning", force=True)
             verdict = scanner.scan(path, progress=progress)
+            if job.kind == "url" and verdict.error:
+                # The scanner names the temporary file; the user knows the URL.
+                verdict = verdict.model_copy(update={"error": _name_url(verdict.error, path, job.source)})
     except (SourceRefused, DownloadRefused) as exc:
         verdict = scanner.error_verdict(job.source, str(exc))
     except DownloadFailed as exc:
@@ -234,6 +301,6 @@ def scan_job(job: ScanJob, settings: Settings, rq_job: Job | None = None) -> Ver
 
 def run_scan_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Entry point rq calls with the JSON payload; returns the verdict as a JSON dict."""
-    job = ScanJob.model_validate(payload)
+    job = parse_payload(payload)
     return scan_job(job, worker_settings(), get_current_job()).model_dump(mode="json")
 

@@ -3,8 +3,13 @@
 rq finds abandoned jobs on its own, but late: a StartedJobRegistry entry expires only after the
 job monitoring interval + 60 s (forking worker) or the whole job timeout + 60 s (in-process worker,
 whose main thread is busy with the job). Our workers therefore publish a short-lived liveness key
-from a background thread; a worker whose key has expired is dead, and any of its jobs still marked
-started is handed back to rq's own abandoned-job path (retry if retries are left, else failed).
+from a background thread; a worker whose key has expired is dead:
+- any of its jobs still marked started is handed back to rq's own abandoned-job path (retry if
+  retries are left, else failed);
+- any job it had claimed but not started (worker/handover.py) goes back to the front of its queue,
+  without using up a retry (it never ran).
+The same thread moves jobs whose retry back-off is over back to their queues (every second), so
+retries do not wait for rq's scheduler lock to expire when the worker holding it was killed.
 Jobs of workers that never published liveness (plain `rq worker`) are left to rq's timing.
 """
 
@@ -23,6 +28,7 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
+from worker.handover import move_due_scheduled, return_claims
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,6 +54,7 @@ class LivenessBeat:
         self.worker_name = worker_name
         self.queues = queues or []  # non-empty: also look for dead workers' jobs on every beat
         self.interval_s = max(1.0, settings.worker_liveness_ttl_s / 3)
+        self.schedule_every_s = 1.0  # due retries are moved this often (by workers that serve queues)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -65,8 +72,14 @@ class LivenessBeat:
 
     def _run(self) -> None:
         reap_after = 0.0
-        while not self._stop.wait(self.interval_s):
+        next_beat = time.monotonic() + self.interval_s
+        while not self._stop.wait(self.schedule_every_s if self.queues else self.interval_s):
             try:
+                if self.queues:
+                    move_due_scheduled(self.connection, self.queues)
+                if time.monotonic() < next_beat:
+                    continue
+                next_beat = time.monotonic() + self.interval_s
                 self.beat()
                 if self.queues and time.monotonic() >= reap_after:
                     requeue_abandoned(self.connection, self.settings, self.queues)
@@ -75,6 +88,9 @@ class LivenessBeat:
                 # After an outage every key may have expired: give live workers one TTL to beat
                 # again before judging anyone dead.
                 reap_after = time.monotonic() + self.settings.worker_liveness_ttl_s + self.interval_s
+                next_beat = 0.0
+            except Exception:  # noqa: BLE001 - this thread must outlive any surprise
+                log.exception("liveness thread of %s", self.worker_name)
 
     def stop(self, *, forget: bool = True) -> None:
         """Stop beating; `forget` also removes the worker's keys (clean shutdown)."""
@@ -143,6 +159,11 @@ def requeue_abandoned(connection: Redis, settings: Settings, queues: list[Queue]
             recovered.extend(key.split(":", 1)[0] for key in expired)
             log.warning("re-queued jobs of dead workers %s: %s", sorted(dead), recovered)
         for name in _forgettable(connection, settings):
+            # Jobs it took off a queue but never started go back to the front of their queue.
+            returned = return_claims(connection, settings, name, queues)
+            if returned:
+                log.warning("re-queued jobs claimed by dead worker %s: %s", name, returned)
+                recovered.extend(returned)
             connection.srem(members_key(settings), name)
     finally:
         with contextlib.suppress(Exception):  # the lock expired meanwhile: nothing to release

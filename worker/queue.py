@@ -6,7 +6,9 @@ the job timeout) and reads the model version from the weights file header.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -22,9 +24,13 @@ from rq.serializers import JSONSerializer
 
 from pipeline.options import random_model_version
 from pipeline.verdict import Verdict
+from worker.handover import requeue_if_orphan
 from worker.jobs import JOB_FUNCTION, ScanJob, ScanOverrides, job_id_for
 from worker.settings import PRIORITIES, Priority, Settings
-from worker.sources import check_source, sha256_file
+from worker.addresses import Resolver, system_resolver
+from worker.sources import SourceRefused, check_source, sha256_file
+
+log = logging.getLogger(__name__)
 
 
 class JobNotFound(LookupError):
@@ -69,13 +75,15 @@ def job_timeout_s(settings: Settings, duration_s: float | None) -> int:
 
 
 def probe_duration(path: str) -> float | None:
-    """Video duration in seconds, or None when the file cannot be probed (the worker will say why)."""
+    """Video duration in seconds, or None when the file cannot be probed (the worker will say why).
+
+    Never raises: whatever a file does to the prober, the enqueue goes on (with the default timeout)."""
     from pipeline.decode.probe import probe_video
-    from pipeline.decode.types import VideoDecodeError
 
     try:
         return probe_video(path).duration_s
-    except VideoDecodeError:
+    except Exception as exc:  # noqa: BLE001 - VideoDecodeError, or anything a hostile file provokes
+        log.info("cannot probe %s (%s); it gets the default job timeout", path, exc)
         return None
 
 
@@ -92,6 +100,7 @@ class EnqueuedJob(BaseModel):
     status: str
     created: bool  # False: the same video/model/options was already enqueued, this is that job
     timeout_s: int | None = None
+    requeued: bool = False  # the existing job sat in no queue, claim or registry and was put back
 
 
 def build_scan_job(
@@ -101,9 +110,16 @@ def build_scan_job(
     version: str,
     priority: Priority = "default",
     overrides: ScanOverrides | None = None,
+    resolver: Resolver | None = None,
 ) -> tuple[ScanJob, float | None]:
-    """Validate one input and describe it as a payload; raises SourceRefused with a clear message."""
-    source = check_source(text, settings.media_roots)
+    """Validate one input and describe it as a payload; raises SourceRefused with a clear message.
+
+    `resolver` (host, port -> addresses) resolves URL hosts for the address check; tests pass their own."""
+    source = check_source(text, settings.media_roots, settings.url_policy(), resolver or system_resolver)
+    if source.kind == "file":
+        size, limit = Path(source.location).stat().st_size, settings.scan_options().max_file_bytes
+        if size > limit:  # before hashing: reading a huge file only to refuse it would take minutes
+            raise SourceRefused(f"file too large: {source.location} has {size} bytes, the limit is {limit}")
     content_hash = sha256_file(source.location) if source.kind == "file" else None
     duration = probe_duration(source.location) if source.kind == "file" else None
     payload = ScanJob(
@@ -126,10 +142,16 @@ def enqueue_scan(
     force: bool = False,
     overrides: ScanOverrides | None = None,
     version: str | None = None,
+    resolver: Resolver | None = None,
 ) -> EnqueuedJob:
     """One job per video; the same video (content), model and options map to the same job id."""
     payload, duration = build_scan_job(
-        text, settings, version=version or model_version(settings), priority=priority, overrides=overrides
+        text,
+        settings,
+        version=version or model_version(settings),
+        priority=priority,
+        overrides=overrides,
+        resolver=resolver,
     )
     job_id = job_id_for(payload, settings.key_prefix)
     queue = scan_queue(settings, connection, priority)
@@ -150,6 +172,12 @@ def enqueue_scan(
         )
     except DuplicateJobError:
         existing = fetch_job(connection, job_id)
+        # A queued job that no queue, worker claim or registry holds would never run (a worker died
+        # mid-hand-over under an older version, or state was lost): put it back instead of returning it.
+        origin = Queue(existing.origin, connection=connection, serializer=JSONSerializer)
+        requeued = requeue_if_orphan(connection, settings, job_id, origin)
+        if requeued:
+            existing.refresh()
         return EnqueuedJob(
             job_id=job_id,
             source=payload.source,
@@ -157,6 +185,7 @@ def enqueue_scan(
             status=_status(existing),
             created=False,
             timeout_s=existing.timeout,
+            requeued=requeued,
         )
     return EnqueuedJob(
         job_id=job.id, source=payload.source, queue=queue.name, status=_status(job), created=True, timeout_s=timeout

@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline.options import DecoderName, DetectorName, DeviceName, EngineName, ScanOptions
+
+if TYPE_CHECKING:
+    from worker.addresses import AddressPolicy
 
 Priority = Literal["high", "default", "low"]
 WorkerMode = Literal["auto", "fork", "in-process"]
@@ -60,6 +63,11 @@ class Settings(BaseSettings):
     download_max_bytes: int = Field(2 * 1024**3, ge=1, description="Larger http(s) downloads give an error verdict")
     download_timeout_s: float = Field(300.0, gt=0, description="Whole-download deadline for http(s) inputs")
     download_dir: Path | None = Field(None, description="Where workers put downloads (system temp dir if unset)")
+    url_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts or networks URLs may reach although not public (loopback, private, link-local, ...): "
+        "names, addresses or CIDR networks, JSON list or ',' separated",
+    )
 
     # --- model and scan -----------------------------------------------------------------
     weights: Path | None = Field(None, description="RALF safetensors weights; unset = random weights (tests only)")
@@ -94,7 +102,7 @@ class Settings(BaseSettings):
         15, ge=3, description="A worker silent this long is dead and its job is re-queued"
     )
 
-    @field_validator("media_roots", "retry_intervals_s", mode="before")
+    @field_validator("media_roots", "retry_intervals_s", "url_allow", mode="before")
     @classmethod
     def _env_list(cls, value: object) -> object:
         return _split_list(value)
@@ -111,6 +119,20 @@ class Settings(BaseSettings):
     def _absolute_roots(cls, value: list[Path]) -> list[Path]:
         # Resolved once here so every containment check compares real paths.
         return [p.expanduser().resolve() for p in value]
+
+    @field_validator("url_allow")
+    @classmethod
+    def _allow_entries(cls, value: list[str]) -> list[str]:
+        from worker.addresses import AddressPolicy
+
+        AddressPolicy.from_entries(value)  # raises on an entry that is neither a network nor a name
+        return value
+
+    def url_policy(self) -> "AddressPolicy":
+        """Which addresses URL inputs may reach (public ones, plus RALF_URL_ALLOW)."""
+        from worker.addresses import AddressPolicy
+
+        return AddressPolicy.from_entries(self.url_allow)
 
     def queue_name(self, priority: Priority) -> str:
         return {"high": self.queue_high, "default": self.queue_default, "low": self.queue_low}[priority]

@@ -17,27 +17,51 @@ lazily inside the job dies with the horse and is reloaded for every video.
   busy during a job so rq's own heartbeat covers the whole job timeout.
 `auto` picks in-process when the scan device resolves to CUDA, fork otherwise.
 
+Three more duties, whichever command started it:
+- only scan jobs run: a job naming another function, a bound instance, callbacks or webhooks, or an
+  invalid payload, is failed with the reason before anything of it is imported (`job_refusal`);
+- crash-safe hand-over: jobs are claimed atomically from the three priority queues into the worker's
+  claims hash and leave it atomically for the StartedJobRegistry (worker/handover.py), so a worker
+  killed at any moment loses no job; the liveness thread gives dead workers' claims back;
+- retries come back on time: the liveness thread (not rq's scheduler process, whose lock outlives a
+  killed worker by a minute) moves jobs whose back-off is over to their queue.
+
 Use it as `ralf-cli worker`, or as `rq worker ... --worker-class worker.workers.ScanWorker`.
+A plain `rq worker` without `--worker-class worker.workers.ScanWorker` runs whatever a job names:
+never point one at these queues.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
+import redis
 from rq import Worker
-from rq.job import Job
+from rq.exceptions import NoSuchJobError, StopRequested
+from rq.executions import Execution
+from rq.job import Job, JobStatus
 from rq.queue import Queue
+from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
-from worker.jobs import preload_scanner, worker_settings
+from worker.handover import claim_next, claims_key, release_claim, return_claims
+from worker.jobs import job_refusal, preload_scanner, worker_settings
 from worker.liveness import LivenessBeat
 from worker.settings import Settings, WorkerMode
 
 log = logging.getLogger(__name__)
+
+IDLE_POLL_S = 0.25  # how often an idle worker looks at the queues (one Lua call over all three)
+_HEARTBEAT_EVERY_S = 5.0
+
+
+class ClaimLost(RuntimeError):
+    """This worker's claim on a job was given back (it was presumed dead); the job is not run here."""
 
 
 def resolve_mode(mode: WorkerMode, settings: Settings) -> WorkerMode:
@@ -98,21 +122,167 @@ class ScanWorker(Worker):
             self.log.warning("Worker %s: %s", self.name, warning)
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
+        # rq's scheduler process holds its lock for a minute after its worker is killed, and retries
+        # stall meanwhile; the liveness thread moves due retries instead (see move_due_scheduled).
+        if kwargs.get("with_scheduler"):
+            self.log.info("Worker %s: retries are moved by the liveness thread; rq's scheduler is not started", self.name)
+        kwargs["with_scheduler"] = False
         self.prepare_model()
+        return super().work(*args, **kwargs)
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        super().bootstrap(*args, **kwargs)  # refuses a name an active worker already has
+        # Claims under our name belong to an earlier process of the same name, which is gone.
+        self._give_back_claims("left by an earlier worker of this name")
         self._liveness = LivenessBeat(self.connection, self.settings, self.name, queues=self.queues).start()
+
+    def teardown(self) -> None:
+        if not self.is_horse:
+            with contextlib.suppress(redis.RedisError):
+                self._give_back_claims("not started before the worker stopped")
+            if self._liveness is not None:
+                self._liveness.stop()
+        super().teardown()
+
+    def _give_back_claims(self, why: str) -> None:
+        returned = return_claims(self.connection, self.settings, self.name, self.queues)
+        if returned:
+            self.log.warning("Worker %s: re-queued %d claimed jobs %s: %s", self.name, len(returned), why, returned)
+
+    # --- hand-over ---------------------------------------------------------------------------------
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        """Claim the next job (high, default, low) atomically into this worker's claims hash.
+
+        Replaces rq's BLPOP over several queues, which leaves a popped job in no list. An idle worker
+        polls every IDLE_POLL_S; `timeout` None (burst) returns None at the first empty look."""
+        self.set_state(WorkerStatus.IDLE)
+        self.procline("Listening on " + ",".join(self.queue_names()))
+        idle_since = time.monotonic()
+        last_heartbeat = 0.0
+        connection_wait_s = 1.0
+        while True:
+            try:
+                if time.monotonic() - last_heartbeat >= _HEARTBEAT_EVERY_S:
+                    self.heartbeat()
+                    last_heartbeat = time.monotonic()
+                if self.should_run_maintenance_tasks:
+                    self.run_maintenance_tasks()
+                claimed = claim_next(self.connection, self.settings, self.name, [q.key for q in self._ordered_queues])
+                connection_wait_s = 1.0
+            except redis.exceptions.ConnectionError as exc:
+                self.log.error("Worker %s: cannot reach Redis (%s); retrying in %.0f s", self.name, exc, connection_wait_s)
+                time.sleep(connection_wait_s)
+                connection_wait_s = min(connection_wait_s * self.exponential_backoff_factor, self.max_connection_wait_time)
+                continue
+            if claimed is not None:
+                queue = next(q for q in self._ordered_queues if q.key == claimed[0])
+                job = self._claimed_job(claimed[1], queue)
+                if job is None:
+                    continue
+                self.reorder_queues(reference_queue=queue)
+                job.redis_server_version = self.get_redis_server_version()
+                self.log.info("Worker %s: %s: %s", self.name, queue.name, job.id)
+                self.heartbeat()
+                return job, queue
+            if timeout is None:
+                return None
+            if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
+                return None
+            time.sleep(IDLE_POLL_S)
+
+    def _claimed_job(self, job_id: str, queue: Queue) -> Job | None:
+        """The claimed job, or None (claim dropped) when it vanished or cannot even be read."""
         try:
-            return super().work(*args, **kwargs)
-        finally:
-            self._liveness.stop()
+            try:
+                return Job.fetch(job_id, connection=self.connection, serializer=self.serializer)
+            except NoSuchJobError:
+                release_claim(self.connection, self.settings, self.name, job_id)
+                return None
+        except (StopRequested, redis.RedisError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a malformed job hash must not stop the worker
+            self._fail_unreadable(job_id, queue, f"refused: the job cannot be read ({type(exc).__name__}: {exc})")
+            return None
+
+    def _fail_unreadable(self, job_id: str, queue: Queue, reason: str) -> None:
+        """Mark a job rq cannot even load as failed, by hand (no Job object to hand to rq)."""
+        self.log.error("Worker %s: job %s %s", self.name, job_id, reason)
+        expires = time.time() + self.settings.failure_ttl_s
+        with self.connection.pipeline() as pipe:
+            pipe.hset(Job.key_for(job_id), mapping={"status": JobStatus.FAILED.value, "exc_info": reason})
+            pipe.zadd(FailedJobRegistry(queue=queue).key, {job_id: expires})
+            pipe.hdel(claims_key(self.settings, self.name), job_id)
+            pipe.execute()
+
+    def prepare_execution(self, job: Job) -> Execution:
+        """rq's own bookkeeping (StartedJobRegistry entry, worker busy) and the claim's release in ONE
+        transaction: the job is always either claimed or registered as started.
+
+        Raises ClaimLost when the claim is gone: a reaper judged this worker dead (it was silent for
+        longer than its liveness TTL) and gave the job back to its queue, where another worker may
+        have it by now; running it here too would run it twice."""
+        key = claims_key(self.settings, self.name)
+        with self.connection.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    if not pipe.hexists(key, job.id):
+                        pipe.reset()
+                        raise ClaimLost(job.id)
+                    pipe.multi()
+                    execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipe, worker_name=self.name)
+                    self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+                    pipe.hdel(key, job.id)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        self.execution = execution
+        return execution
+
+    def refuse(self, job: Job, queue: Queue, reason: str) -> None:
+        """Fail a job that must not run, with `reason`, without retries, callbacks or webhooks."""
+        self.log.error("Worker %s: job %s %s", self.name, job.id, reason)
+        job.retries_left = 0
+        job.webhooks = []
+        self.execution = None  # (fork mode: the parent still holds the previous job's execution)
+        job._success_callback_name = job._failure_callback_name = job._stopped_callback_name = None
+        self.handle_job_failure(job, queue, exc_string=f"JobRefused: {reason}")
+        release_claim(self.connection, self.settings, self.name, job.id)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        if self.fork_jobs:
-            super().execute_job(job, queue)
+        reason = job_refusal(job)
+        if reason is not None:
+            self.refuse(job, queue, reason)
+            self.set_state(WorkerStatus.IDLE)
             return
-        # What rq.SimpleWorker does: no fork, the preloaded model (and its CUDA context) is used here.
-        self.prepare_execution(job)
-        self.perform_job(job, queue)
+        try:
+            self.prepare_execution(job)
+        except ClaimLost:
+            self.log.warning(
+                "Worker %s: job %s was given back to its queue while this worker was silent; not running it here",
+                self.name,
+                job.id,
+            )
+            self.set_state(WorkerStatus.IDLE)
+            return
+        if self.fork_jobs:  # what rq.Worker.execute_job does after prepare_execution
+            self.fork_work_horse(job, queue)
+            self.monitor_work_horse(job, queue)
+        else:  # what rq.SimpleWorker does: no fork, the preloaded model (and its CUDA context) is used here
+            self.perform_job(job, queue)
         self.set_state(WorkerStatus.IDLE)
+
+    def perform_job(self, job: Job, queue: Queue) -> bool:
+        # Checked again where the job runs (horse or in-process), in case a subclass or rq path
+        # reached this without execute_job.
+        reason = job_refusal(job)
+        if reason is not None:
+            self.refuse(job, queue, reason)
+            return False
+        return super().perform_job(job, queue)
 
     def get_heartbeat_ttl(self, job: Job) -> int:
         if self.fork_jobs:

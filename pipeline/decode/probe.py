@@ -31,8 +31,11 @@ def check_file(path: str | Path) -> Path:
 
 
 def open_container(path: Path) -> av.container.InputContainer:
+    """Open for reading. Metadata (titles, handler names, ...) is text of any encoding in the wild;
+    PyAV decodes it strictly as UTF-8 while opening, so a Latin-1 title would make a valid video
+    unreadable: undecodable bytes become U+FFFD instead (nothing here reads the metadata)."""
     try:
-        return av.open(str(path), mode="r")
+        return av.open(str(path), mode="r", metadata_errors="replace")
     except av.error.InvalidDataError:
         raise VideoDecodeError(
             f"not a readable video file (unrecognised format, or truncated/corrupt container): {path.name}"
