@@ -11,6 +11,7 @@ import base64
 import functools
 import json
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -28,7 +29,9 @@ import psutil
 import pytest
 import redis
 import torch
-from rq.job import Job
+from rq import Callback, Queue, Retry
+from rq.job import Job, JobStatus
+from rq.webhook import Webhook
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
@@ -40,8 +43,20 @@ from pipeline.scan import Scanner
 from ralf.config import RALFConfig
 from ralf.model import RALF
 from ralf.weights import save_weights
-from worker.jobs import ScanOverrides
-from worker.queue import all_queues, connect, delete_prefixed_keys, enqueue_scan, fetch_job, job_verdict
+from worker.handover import claims_key
+from worker.jobs import JOB_FUNCTION, ScanJob, ScanOverrides, job_id_for
+from worker.liveness import members_key
+from worker.queue import (
+    all_queues,
+    build_scan_job,
+    connect,
+    delete_prefixed_keys,
+    enqueue_scan,
+    failure_reason,
+    fetch_job,
+    job_verdict,
+    model_version,
+)
 from worker.settings import Settings, settings_env_names
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
@@ -206,14 +221,53 @@ def pool(
         w.stop()
 
 
+SERVER_HITS: list[str] = []  # "METHOD path" of every request the module's HTTP server got
+
+
+class MediaHandler(SimpleHTTPRequestHandler):
+    """Serves the `served` folder, plus a redirect to an internal address, a trickle and a webhook sink."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        SERVER_HITS.append(f"GET {self.path}")
+        port = self.server.server_address[1]
+        if self.path == "/redirect-internal.mp4":  # allowed host (127.0.0.1) -> another loopback address
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.2:{port}/face.mp4")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if self.path == "/trickle.mp4":  # one byte every 0.5 s of a declared 200 KB body
+            self.send_response(200)
+            self.send_header("Content-Length", "200000")
+            self.end_headers()
+            for _ in range(240):
+                try:
+                    self.wfile.write(b"\0")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.5)
+            return
+        super().do_GET()
+
+    def do_POST(self) -> None:  # noqa: N802 - a webhook would land here
+        SERVER_HITS.append(f"POST {self.path}")
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
 @pytest.fixture(scope="module")
 def http_files(media: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     served = tmp_path_factory.mktemp("served")
     (served / "big.mp4").write_bytes(os.urandom(2_000_000))  # over the 1 MB cap
     shutil.copy(media / "face.mp4", served / "face.mp4")
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(served))
-    handler.log_message = lambda *a: None  # type: ignore[assignment]
+    handler = functools.partial(MediaHandler, directory=str(served))
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
@@ -344,6 +398,189 @@ def test_unreachable_download_is_retried_then_listed_as_failed(
     assert job_id in failed and "cannot reach" in failed[job_id]["error"]
     code, output = invoke("result", job_id)
     assert code == 1 and "cannot reach" in output
+
+
+class PickleBomb:
+    """Runs a shell command when unpickled: what a pickle-serializer worker would execute."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (os.system, (self.command,))
+
+
+def test_workers_run_only_the_scan_function(
+    pool: list[WorkerProcess], media: Path, settings: Settings, connection: redis.Redis, tmp_path: Path, http_files: str,
+) -> None:
+    """Anyone who can write to Redis can name any function in a job; `ralf-cli worker` runs only the scan."""
+    marker = tmp_path / "pwned"
+    queue = all_queues(settings, connection)[1]
+    payload, _ = build_scan_job(str(media / "face.mp4"), settings, version=model_version(settings))
+    good = payload.model_dump(mode="json")
+    SERVER_HITS.clear()
+    hooks = [Webhook(f"{http_files}/hook", "finished"), Webhook(f"{http_files}/hook", "failed")]
+    jobs = {
+        "function": queue.enqueue("os.system", f"touch {marker}-system", job_id=f"{PREFIX}-evil-system",
+                                  retry=Retry(max=3)),
+        "exec": queue.enqueue("builtins.exec", f"open({str(marker) + '-exec'!r}, 'w')", job_id=f"{PREFIX}-evil-exec"),
+        "callback": queue.enqueue(JOB_FUNCTION, good, on_success=Callback("os.system"), job_id=f"{PREFIX}-evil-cb"),
+        "webhook": queue.enqueue(JOB_FUNCTION, good, webhooks=hooks, job_id=f"{PREFIX}-evil-hook"),
+        "payload": queue.enqueue(JOB_FUNCTION, {**good, "detector_weights": "/tmp/x.pt"}, job_id=f"{PREFIX}-evil-pl"),
+    }
+    # a job whose data is a pickle that runs a command when loaded (never pushed through rq's client)
+    pickled = queue.create_job(JOB_FUNCTION, args=(good,), job_id=f"{PREFIX}-evil-pickle")
+    pickled.save()
+    connection.hset(pickled.key, mapping={
+        "data": zlib.compress(pickle.dumps(PickleBomb(f"touch {marker}-pickle"))), "status": "queued",
+        "origin": queue.name,
+    })
+    connection.rpush(queue.key, pickled.id)
+    jobs["pickle"] = pickled
+
+    wait_for(finished(connection, [job.id for job in jobs.values()]), 60, "the refused jobs")
+    expected = {
+        "function": "runs only worker.jobs.run_scan_job, not 'os.system'",
+        "exec": "not 'builtins.exec'",
+        "callback": "no callbacks (on_success set)",
+        "webhook": "no webhooks",
+        "payload": "invalid scan job payload: detector_weights: Extra inputs are not permitted",
+        "pickle": "cannot be read as a JSON rq job",
+    }
+    for kind, job in jobs.items():
+        job = fetch_job(connection, job.id)
+        reason = failure_reason(job) or ""
+        assert job.get_status().value == "failed" and expected[kind] in reason, (kind, reason)
+        assert "errors.pydantic.dev" not in reason
+    assert fetch_job(connection, f"{PREFIX}-evil-system").retries_left == 0  # refused, not retried
+    assert list(tmp_path.glob("pwned*")) == [] and SERVER_HITS == []
+    code, output = invoke("status", f"{PREFIX}-evil-system", "--json")
+    assert "JobRefused: refused: this worker runs only" in json.loads(output)["error"]
+    assert all(w.alive() for w in pool)
+
+
+def test_job_taken_by_a_killed_worker_runs_once(
+    pool: list[WorkerProcess], media: Path, settings: Settings, connection: redis.Redis,
+) -> None:
+    """A worker SIGKILLed after taking a job off the queue and before starting it leaves the job in its
+    claims hash, nowhere else. The live workers' reaper puts it back; it runs once, uncharged."""
+    clip = synthetic.write_face_clip(media / "claimed.mp4", codec="h264", num_frames=2, size=(160, 120), seed=101)
+    payload, _ = build_scan_job(str(clip), settings, version=model_version(settings))
+    queue = all_queues(settings, connection)[1]
+    job = queue.create_job(JOB_FUNCTION, args=(payload.model_dump(mode="json"),), job_id=job_id_for(payload, PREFIX),
+                           result_ttl=600, retry=Retry(max=1))
+    job.save()
+    job.set_status(JobStatus.QUEUED)
+    ghost = f"{PREFIX}-ghost"
+    with connection.pipeline() as pipe:  # the state the kill left: a liveness member without a live key
+        pipe.sadd(members_key(settings), ghost)
+        pipe.hset(claims_key(settings, ghost), job.id, queue.key)
+        pipe.execute()
+    wait_for(finished(connection, [job.id]), 60, "the claimed job to be re-queued and run")
+    job = fetch_job(connection, job.id)
+    assert job.get_status().value == "finished" and len(job.results()) == 1
+    assert job.worker_name in {w.name for w in pool} and job.retries_left == 1
+    assert connection.hlen(claims_key(settings, ghost)) == 0 and not connection.sismember(members_key(settings), ghost)
+
+
+def test_rq_command_refuses_other_functions_and_enqueue_requeues_orphans(
+    env: dict[str, str], media: Path, connection: redis.Redis, tmp_path: Path,
+) -> None:
+    """The documented `rq worker ... --worker-class worker.workers.ScanWorker` refuses too; and a job that an
+    older worker popped and lost (queued, in no list) is put back by the next enqueue of the same video."""
+    name = f"{PREFIX}-rqcmd"
+    own = Settings(queue_default=name)
+    queue = Queue(name, connection=connection, serializer=JSONSerializer)
+    marker = tmp_path / "pwned"
+    evil = queue.enqueue("os.system", f"touch {marker}", job_id=f"{PREFIX}-rq-evil", retry=Retry(max=2))
+    clip = synthetic.write_face_clip(media / "orphan.mp4", codec="h264", num_frames=2, size=(160, 120), seed=102)
+    first = enqueue_scan(connection, own, str(clip))
+    connection.lrem(queue.key, 0, first.job_id)  # popped by BLPOP, its worker killed before it registered the job
+    again = enqueue_scan(connection, own, str(clip))
+    assert again.job_id == first.job_id and not again.created and again.requeued and again.status == "queued"
+    assert enqueue_scan(connection, own, str(clip)).requeued is False  # queued now: left alone
+    assert [v.decode() for v in connection.lrange(queue.key, 0, -1)] == [first.job_id, evil.id]  # back in front
+
+    worker = rq_worker(env, tmp_path, f"{PREFIX}-rqcmd-w", burst=True, queues=[name])
+    assert worker.wait(180) == 0, worker.tail()
+    evil = fetch_job(connection, evil.id)
+    assert evil.get_status().value == "failed" and "runs only worker.jobs.run_scan_job" in failure_reason(evil)
+    assert evil.retries_left == 0 and not marker.exists()
+    orphan = fetch_job(connection, first.job_id)
+    assert orphan.get_status().value == "finished" and len(orphan.results()) == 1
+    assert "rq's scheduler is not started" in worker.log.read_text()
+
+
+def test_downloads_never_reach_internal_addresses(
+    pool: list[WorkerProcess], settings: Settings, connection: redis.Redis, http_files: str,
+) -> None:
+    port = http_files.rsplit(":", 1)[1]
+    # refused at enqueue (RALF_URL_ALLOW opens 127.0.0.1 only, for this module's server)
+    internal = [
+        f"http://127.0.0.2:{port}/face.mp4", "http://localhost:6379/", "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/a.mp4", "http://0.0.0.0/a.mp4", "http://2130706434/a.mp4", "http://10.0.0.1/a.mp4",
+        "http://metadata.google.internal/computeMetadata/v1/", f"http://user:pw@127.0.0.1:{port}/face.mp4",
+    ]
+    code, output = invoke("enqueue", *internal, "--json")
+    answer = json.loads(output[output.index("{"):])
+    assert code == 2 and answer["jobs"] == [] and len(answer["refused"]) == len(internal)
+    assert all("pw@" not in r["error"] for r in answer["refused"])
+
+    # ... and by the worker, for payloads written straight into Redis, on every redirect
+    queue = all_queues(settings, connection)[1]
+    cases = {
+        f"http://127.0.0.2:{port}/face.mp4": "127.0.0.2 is not a public address (loopback)",
+        f"{http_files}/redirect-internal.mp4": "redirect to http://127.0.0.2",
+        f"http://user:pw@127.0.0.1:{port}/face.mp4": "URL with credentials refused",
+    }
+    SERVER_HITS.clear()
+    job_ids = {}
+    for n, url in enumerate(cases):
+        raw = ScanJob(source=url, kind="url", model_version=model_version(settings)).model_dump(mode="json")
+        job_ids[url] = queue.enqueue(JOB_FUNCTION, raw, job_id=f"{PREFIX}-ssrf-{n}").id
+    wait_for(finished(connection, list(job_ids.values())), 60, "the internal-address jobs")
+    for url, expected in cases.items():
+        job = fetch_job(connection, job_ids[url])
+        verdict = job_verdict(job)
+        assert verdict is not None and verdict.label == "error" and expected in verdict.error, (url, verdict)
+        assert "pw@" not in job.latest_result().return_value.__repr__()
+    assert SERVER_HITS == ["GET /redirect-internal.mp4"]  # the redirect target was never requested
+
+
+def test_download_deadline_holds_in_the_worker(
+    pool: list[WorkerProcess], settings: Settings, connection: redis.Redis, http_files: str,
+) -> None:
+    """A server sending a byte every 0.5 s: each attempt ends at RALF_DOWNLOAD_TIMEOUT_S (5 s), not at the
+    job timeout (an hour for URL jobs)."""
+    started = time.monotonic()
+    job_id = enqueue_scan(connection, settings, f"{http_files}/trickle.mp4").job_id
+    wait_for(finished(connection, [job_id]), 60, "the trickled download to give up")
+    job = fetch_job(connection, job_id)
+    assert job.get_status().value == "failed" and job.retries_left == 0  # two attempts (RALF_RETRY_MAX=1)
+    assert "did not finish within 5 s" in failure_reason(job)
+    assert time.monotonic() - started < 40
+
+
+def test_non_utf8_metadata_scans_and_enqueue_answers_every_input(
+    pool: list[WorkerProcess], media: Path, settings: Settings, connection: redis.Redis,
+) -> None:
+    cafe = synthetic.write_latin1_metadata_copy(media / "face.mp4", media / "cafe.mp4")
+    inputs = [str(media / "many38.mp4"), str(cafe), str(media / "missing.mp4"), str(media / "many39.mp4")]
+    code, output = invoke("enqueue", *inputs, "--json")
+    answer = json.loads(output[output.index("{"):])
+    assert code == 2  # one refused (missing); the others enqueued and printed
+    assert [job["source"] for job in answer["jobs"]] == [inputs[0], inputs[1], inputs[3]]
+    assert [r["input"] for r in answer["refused"]] == [inputs[2]]
+    job_ids = [job["job_id"] for job in answer["jobs"]]
+    wait_for(finished(connection, job_ids), 90, "the jobs")
+    verdict = job_verdict(fetch_job(connection, job_ids[1]))
+    assert verdict.label in ("real", "fake") and verdict.counts.frames_decoded == 2, verdict
+
+
+def test_messages_name_what_the_user_gave(settings: Settings, connection: redis.Redis) -> None:
+    for command in ("status", "result"):
+        code, output = invoke(command, "bad.id")
+        assert code == 4 and "is not a job id" in output and "Traceback" not in output
 
 
 def test_killed_worker_job_is_rerun_by_the_other(

@@ -31,7 +31,7 @@ from pipeline.options import AggregationName, ScanOptions
 from pipeline.verdict import Verdict
 from worker.download import DownloadFailed, DownloadRefused, download
 from worker.settings import Priority, Settings
-from worker.sources import SourceKind, SourceRefused, check_local_path, check_url, sha256_file
+from worker.sources import SourceKind, SourceRefused, check_local_path, check_url, redact_url, sha256_file
 
 if TYPE_CHECKING:
     from pipeline.scan import Scanner
@@ -282,9 +282,9 @@ def scan_job(job: ScanJob, settings: Settings, rq_job: Job | None = None) -> Ver
             verdict = scanner.scan(path, progress=progress)
             if job.kind == "url" and verdict.error:
                 # The scanner names the temporary file; the user knows the URL.
-                verdict = verdict.model_copy(update={"error": _name_url(verdict.error, path, job.source)})
+                verdict = verdict.model_copy(update={"error": _name_url(verdict.error, path, redact_url(job.source))})
     except (SourceRefused, DownloadRefused) as exc:
-        verdict = scanner.error_verdict(job.source, str(exc))
+        verdict = scanner.error_verdict(redact_url(job.source) if job.kind == "url" else job.source, str(exc))
     except DownloadFailed as exc:
         raise TransientScanError(str(exc)) from exc
     except InferenceOutOfMemory as exc:
@@ -296,7 +296,9 @@ def scan_job(job: ScanJob, settings: Settings, rq_job: Job | None = None) -> Ver
     if scanner.model_version != job.model_version:
         warnings.append(f"enqueued for model {job.model_version}, scanned with {scanner.model_version}")
     progress.update("done", force=True)
-    return verdict.model_copy(update={"path": job.source, "warnings": [*verdict.warnings, *warnings]})
+    # A payload written straight into Redis may carry user:password@ in its URL: never echo it.
+    shown = redact_url(job.source) if job.kind == "url" else job.source
+    return verdict.model_copy(update={"path": shown, "warnings": [*verdict.warnings, *warnings]})
 
 
 def run_scan_job(payload: dict[str, Any]) -> dict[str, Any]:

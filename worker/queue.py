@@ -7,6 +7,7 @@ the job timeout) and reads the model version from the weights file header.
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from worker.addresses import Resolver, system_resolver
 from worker.sources import SourceRefused, check_source, sha256_file
 
 log = logging.getLogger(__name__)
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
 
 
 class JobNotFound(LookupError):
@@ -203,6 +205,8 @@ def _drop_for_force(connection: Redis, job_id: str) -> None:
 
 
 def fetch_job(connection: Redis, job_id: str) -> Job:
+    if not _JOB_ID.fullmatch(job_id):
+        raise JobNotFound(f"{job_id!r} is not a job id (ids are letters, digits, '-' and '_', as enqueue prints them)")
     try:
         return Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
     except NoSuchJobError:

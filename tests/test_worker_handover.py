@@ -1,0 +1,271 @@
+"""The crash-safe hand-over (worker/handover.py) and the job guard, against a real Redis, without worker
+processes: every state a worker killed at any moment can leave, and what puts each job back.
+
+Isolation: Redis database 13 at 127.0.0.1:6379, queue names, job ids and worker names carrying a
+per-session prefix; teardown deletes only keys containing that prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from rq import Callback, Queue
+from rq.job import Job, JobStatus
+from rq.registry import ScheduledJobRegistry, StartedJobRegistry
+from rq.serializers import JSONSerializer
+from rq.webhook import Webhook
+
+from worker.handover import claim_next, claims_key, move_due_scheduled, requeue_if_orphan, return_claims
+from worker.jobs import JOB_FUNCTION, job_refusal
+from worker.liveness import LivenessBeat, alive_key, members_key, requeue_abandoned
+from worker.queue import delete_prefixed_keys
+from worker.settings import Settings
+
+REDIS_URL = "redis://127.0.0.1:6379/13"
+PREFIX = f"h{uuid.uuid4().hex[:10]}"
+
+
+def redis_answers() -> bool:
+    try:
+        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("CI") and not redis_answers(), reason="no Redis at 127.0.0.1:6379 (.ci/run starts one)"
+)
+
+PAYLOAD = {"source": "/media/a.mp4", "kind": "file", "content_hash": "ab" * 32, "model_version": "ralf-tiny-1"}
+
+
+@pytest.fixture()
+def connection() -> Iterator[redis.Redis]:
+    conn = redis.Redis.from_url(REDIS_URL)
+    yield conn
+    delete_prefixed_keys(conn, PREFIX)
+
+
+@pytest.fixture()
+def settings() -> Settings:
+    return Settings(
+        redis_url=REDIS_URL,
+        key_prefix=PREFIX,
+        queue_high=f"{PREFIX}-high",
+        queue_default=f"{PREFIX}-default",
+        queue_low=f"{PREFIX}-low",
+        worker_liveness_ttl_s=3,
+    )
+
+
+def queues(settings: Settings, connection: redis.Redis) -> list[Queue]:
+    return [Queue(name, connection=connection, serializer=JSONSerializer) for name in settings.queue_names]
+
+
+def put(queue: Queue, name: str, **kwargs: Any) -> Job:
+    return queue.enqueue(JOB_FUNCTION, PAYLOAD, job_id=f"{PREFIX}-{name}", **kwargs)
+
+
+def ids(connection: redis.Redis, key: str) -> list[str]:
+    return [v.decode() for v in connection.lrange(key, 0, -1)]
+
+
+def test_claims_take_high_first_and_move_atomically(settings: Settings, connection: redis.Redis) -> None:
+    high, default, low = queues(settings, connection)
+    put(low, "l1"), put(default, "d1"), put(high, "h1"), put(default, "d2")
+    keys = [q.key for q in (high, default, low)]
+    order = [claim_next(connection, settings, "w1", keys) for _ in range(5)]
+    assert order == [(high.key, f"{PREFIX}-h1"), (default.key, f"{PREFIX}-d1"), (default.key, f"{PREFIX}-d2"),
+                     (low.key, f"{PREFIX}-l1"), None]
+    # every job is now in exactly one place: the claims hash, with the queue it came from
+    claims = {k.decode(): v.decode() for k, v in connection.hgetall(claims_key(settings, "w1")).items()}
+    assert claims == {f"{PREFIX}-h1": high.key, f"{PREFIX}-d1": default.key, f"{PREFIX}-d2": default.key,
+                      f"{PREFIX}-l1": low.key}
+    assert all(connection.llen(key) == 0 for key in keys)
+
+
+def test_dead_workers_claims_go_back_to_the_front(settings: Settings, connection: redis.Redis) -> None:
+    """A worker killed between taking a job and starting it: the job is neither queued nor started.
+    The liveness reaper of any live worker puts it back at the front of its queue, uncharged."""
+    high, default, low = queues(settings, connection)
+    put(default, "lost"), put(default, "next")
+    assert claim_next(connection, settings, "victim", [q.key for q in (high, default, low)])[1] == f"{PREFIX}-lost"
+    LivenessBeat(connection, settings, "victim").beat()  # it had published liveness...
+    assert requeue_abandoned(connection, settings, [high, default, low]) == []  # ...and is alive: untouched
+    connection.delete(alive_key(settings, "victim"))  # ...then its key expired: dead
+
+    assert requeue_abandoned(connection, settings, [high, default, low]) == [f"{PREFIX}-lost"]
+    assert ids(connection, default.key) == [f"{PREFIX}-lost", f"{PREFIX}-next"]
+    assert connection.hlen(claims_key(settings, "victim")) == 0
+    assert not connection.sismember(members_key(settings), "victim")  # forgotten once handled
+    job = Job.fetch(f"{PREFIX}-lost", connection=connection, serializer=JSONSerializer)
+    assert job.get_status() == JobStatus.QUEUED and job.retries_left is None
+
+
+def test_give_back_never_duplicates(settings: Settings, connection: redis.Redis) -> None:
+    """A claim is pushed back only when nothing else holds the job: not when it is queued again
+    (--force), claimed by another worker, started, waiting for a retry, or ended."""
+    high, default, low = queues(settings, connection)
+    job = put(default, "j")
+    keys = [q.key for q in (high, default, low)]
+    claim_next(connection, settings, "dead", keys)
+    for name in ("dead", "alive"):
+        connection.sadd(members_key(settings), name)
+
+    # queued again meanwhile: the stale claim is dropped, the job stays queued once
+    connection.rpush(default.key, job.id)
+    assert return_claims(connection, settings, "dead", [high, default, low]) == []
+    assert ids(connection, default.key) == [job.id] and connection.hlen(claims_key(settings, "dead")) == 0
+
+    # held by a live worker
+    claim_next(connection, settings, "alive", keys)
+    connection.hset(claims_key(settings, "dead"), job.id, default.key)
+    assert return_claims(connection, settings, "dead", [high, default, low]) == []
+    assert connection.llen(default.key) == 0
+
+    # started (StartedJobRegistry holds "<job id>:<execution id>")
+    connection.hdel(claims_key(settings, "alive"), job.id)
+    connection.zadd(StartedJobRegistry(queue=default).key, {f"{job.id}:exec1": time.time() + 60})
+    connection.hset(claims_key(settings, "dead"), job.id, default.key)
+    assert return_claims(connection, settings, "dead", [high, default, low]) == []
+    connection.delete(StartedJobRegistry(queue=default).key)
+
+    # waiting for a retry
+    connection.zadd(ScheduledJobRegistry(queue=default).key, {job.id: time.time() + 60})
+    connection.hset(claims_key(settings, "dead"), job.id, default.key)
+    assert return_claims(connection, settings, "dead", [high, default, low]) == []
+    connection.delete(ScheduledJobRegistry(queue=default).key)
+
+    # finished
+    job.set_status(JobStatus.FINISHED)
+    connection.hset(claims_key(settings, "dead"), job.id, default.key)
+    assert return_claims(connection, settings, "dead", [high, default, low]) == []
+    assert connection.llen(default.key) == 0
+
+    # and finally really orphaned: back, once, even when two reapers race
+    job.set_status(JobStatus.QUEUED)
+    connection.hset(claims_key(settings, "dead"), job.id, default.key)
+    assert return_claims(connection, settings, "dead", [high, default, low]) == [job.id]
+    assert return_claims(connection, settings, "dead", [high, default, low]) == []
+    assert ids(connection, default.key) == [job.id]
+
+
+def test_orphan_requeue_for_enqueue(settings: Settings, connection: redis.Redis) -> None:
+    """What rq's BLPOP over three queues could leave: a queued job in no list. enqueue puts it back."""
+    _, default, _ = queues(settings, connection)
+    job = put(default, "orphan")
+    assert requeue_if_orphan(connection, settings, job.id, default) is False  # queued: fine as it is
+    connection.lrem(default.key, 0, job.id)  # popped by a worker that died before registering it
+    assert requeue_if_orphan(connection, settings, job.id, default) is True
+    assert requeue_if_orphan(connection, settings, job.id, default) is False
+    assert ids(connection, default.key) == [job.id]
+
+
+def test_due_retries_move_once(settings: Settings, connection: redis.Redis) -> None:
+    _, default, _ = queues(settings, connection)
+    due, later = put(default, "due"), put(default, "later")
+    connection.delete(default.key)
+    registry = ScheduledJobRegistry(queue=default)
+    connection.zadd(registry.key, {due.id: time.time() - 1, later.id: time.time() + 60})
+    for job in (due, later):
+        job.set_status(JobStatus.SCHEDULED)
+    assert move_due_scheduled(connection, [default]) == [due.id]
+    assert move_due_scheduled(connection, [default]) == []  # a second mover finds nothing
+    assert ids(connection, default.key) == [due.id]
+    assert Job.fetch(due.id, connection=connection, serializer=JSONSerializer).get_status() == JobStatus.QUEUED
+    assert registry.get_job_ids() == [later.id]
+
+
+def test_concurrent_claims_never_lose_or_duplicate(settings: Settings, connection: redis.Redis) -> None:
+    """The claim is one script, applied (and written to the append-only file) whole or not at all:
+    four clients draining one queue at once take every id exactly once."""
+    import threading
+
+    _, default, _ = queues(settings, connection)
+    job_ids = [put(default, f"m{i}").id for i in range(60)]
+    taken: list[str] = []
+    lock = threading.Lock()
+
+    def drain(worker: str) -> None:
+        own = redis.Redis.from_url(REDIS_URL)
+        while (claimed := claim_next(own, settings, worker, [default.key])) is not None:
+            with lock:
+                taken.append(claimed[1])
+
+    threads = [threading.Thread(target=drain, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(taken) == sorted(job_ids)
+    held = sum(connection.hlen(claims_key(settings, f"w{i}")) for i in range(4))
+    assert held == 60
+
+
+def test_start_releases_the_claim_in_the_same_transaction(settings: Settings, connection: redis.Redis) -> None:
+    from worker.workers import ClaimLost, ScanWorker
+
+    _, default, _ = queues(settings, connection)
+    worker = ScanWorker([default], connection=connection, name=f"{PREFIX}-w", mode="fork")
+    worker.settings = settings
+    job = put(default, "start")
+    claim_next(connection, settings, worker.name, [default.key])
+    worker.prepare_execution(Job.fetch(job.id, connection=connection, serializer=JSONSerializer))
+    assert connection.hlen(claims_key(settings, worker.name)) == 0
+    assert StartedJobRegistry(queue=default).get_job_ids() == [job.id]
+
+    # the claim was given back while the worker was silent (presumed dead): it must not start the job,
+    # which is queued again and may already run elsewhere
+    other = put(default, "given-back")
+    claim_next(connection, settings, worker.name, [default.key])
+    assert return_claims(connection, settings, worker.name, [default]) == [other.id]
+    with pytest.raises(ClaimLost):
+        worker.prepare_execution(Job.fetch(other.id, connection=connection, serializer=JSONSerializer))
+    assert StartedJobRegistry(queue=default).get_job_ids() == [job.id] and ids(connection, default.key) == [other.id]
+
+
+# --- the job guard --------------------------------------------------------------------------------
+def test_only_scan_jobs_pass_the_guard(settings: Settings, connection: redis.Redis) -> None:
+    _, default, _ = queues(settings, connection)
+    good = put(default, "good")
+    assert job_refusal(good) is None
+    cases = {
+        default.enqueue("os.system", "touch /tmp/never", job_id=f"{PREFIX}-sys"): "runs only worker.jobs.run_scan_job",
+        put(default, "cb", on_success=Callback("os.system")): "no callbacks (on_success set)",
+        put(default, "fail-cb", on_failure=Callback("builtins.exec")): "no callbacks (on_failure set)",
+        put(default, "hook", webhooks=[Webhook("http://127.0.0.1:9/hook", "finished")]): "no webhooks",
+        default.enqueue(JOB_FUNCTION, {"source": 1}, job_id=f"{PREFIX}-payload"): "invalid scan job payload: source",
+        default.enqueue(JOB_FUNCTION, PAYLOAD, 2, job_id=f"{PREFIX}-args"): "exactly one positional argument",
+        default.enqueue(JOB_FUNCTION, PAYLOAD, extra=1, job_id=f"{PREFIX}-kwargs"): "exactly one positional argument",
+    }
+    for job, expected in cases.items():
+        fetched = Job.fetch(job.id, connection=connection, serializer=JSONSerializer)
+        assert expected in (job_refusal(fetched) or ""), job.id
+    assert "errors.pydantic.dev" not in job_refusal(
+        Job.fetch(f"{PREFIX}-payload", connection=connection, serializer=JSONSerializer)
+    )
+
+
+class _Boom:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, ("touch /tmp/ralf-test-unpickled",))
+
+
+def test_pickled_job_data_is_refused_without_unpickling(settings: Settings, connection: redis.Redis) -> None:
+    """A job written by a pickle-serializer client (or an attacker): read as JSON, never unpickled."""
+    _, default, _ = queues(settings, connection)
+    job = put(default, "pickled")
+    connection.hset(job.key, "data", zlib.compress(pickle.dumps(("os.system", None, ["x"], {}))))
+    fetched = Job.fetch(job.id, connection=connection, serializer=JSONSerializer)
+    assert "cannot be read as a JSON rq job" in (job_refusal(fetched) or "")
+    connection.hset(job.key, "data", zlib.compress(pickle.dumps(_Boom())))
+    fetched = Job.fetch(job.id, connection=connection, serializer=JSONSerializer)
+    assert job_refusal(fetched) is not None and not os.path.exists("/tmp/ralf-test-unpickled")
