@@ -52,6 +52,9 @@ class ScanOptions(BaseModel):
 
     max_file_bytes: int = Field(4 * 1024**3, ge=1, description="Larger files get an error verdict")
     max_duration_s: float = Field(3 * 3600.0, gt=0, description="Longer videos get an error verdict")
+    max_frame_pixels: int = Field(
+        7680 * 4320, ge=1, description="Larger frames (8K UHD by default) get an error verdict; above 4K they are scaled down"
+    )
 
     @model_validator(mode="before")
     @classmethod

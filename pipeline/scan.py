@@ -29,6 +29,7 @@ import torch
 from pipeline.aggregate import FaceScore, aggregate_tracks, fake_probabilities, video_label, video_score
 from pipeline.crops import crop_faces
 from pipeline.decode import FrameBatch, Sampling, VideoDecodeError, VideoInfo, VideoStream, open_video, probe_video
+from pipeline.decode.types import DecodeStats
 from pipeline.engine import InferenceEngine, InferenceOutOfMemory, load_engine
 from pipeline.faces import FaceDetector, build_detector
 from pipeline.options import RANDOM_WEIGHTS_SEED, ScanOptions, random_model_version
@@ -265,7 +266,7 @@ class Scanner:
         state = _ScanState()
         try:
             self._check_size(path)
-            info = probe_video(path)
+            info = probe_video(path, self.options.max_frame_pixels)
             self._check_duration(info)
             with open_video(
                 path,
@@ -273,8 +274,10 @@ class Scanner:
                 sampling=self.sampling,
                 device=self.device,
                 chunk_size=self.chunk_frames(info),
+                max_frame_pixels=self.options.max_frame_pixels,
             ) as stream:
                 self._score_stream(stream, state, progress)
+                _note_damage(stream.stats, state)
         except (VideoDecodeError, ScanInputError) as error:
             state.timings.total_s = time.perf_counter() - started
             return self._verdict(path, state, label="error", error=str(error))
@@ -437,6 +440,16 @@ class Scanner:
             error=error,
             warnings=self.warnings + state.warnings,
         )
+
+
+def _note_damage(stats: DecodeStats, state: _ScanState) -> None:
+    """What the decoder got past (rejected packets, corrupt or missing frames, repeated timestamps,
+    reduced size) goes into the verdict's counts and warnings."""
+    state.counts.rejected_packets = stats.rejected_packets
+    state.counts.corrupt_frames = stats.corrupt_frames
+    state.counts.missing_frames = stats.missing_frames
+    state.counts.repeated_timestamps = stats.repeated_timestamps
+    state.warnings.extend(stats.warnings())
 
 
 def _detector_settings(options: ScanOptions) -> tuple[object, ...]:

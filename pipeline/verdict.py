@@ -26,6 +26,10 @@ class Counts(BaseModel):
     frames_decoded: int = 0
     faces: int = 0
     tracks: int = 0
+    rejected_packets: int = Field(0, description="Packets the decoder could not decode (their frames are missing)")
+    corrupt_frames: int = Field(0, description="Frames decoded with concealed errors (reported by H.264/HEVC)")
+    missing_frames: int = Field(0, description="Frames the container announced that never came")
+    repeated_timestamps: int = Field(0, description="Frames whose timestamp did not advance (time estimated)")
 
 
 class StageTimings(BaseModel):

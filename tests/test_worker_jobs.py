@@ -187,3 +187,16 @@ def test_progress_is_written_to_job_meta(setup: tuple[Settings, Path, Path]) -> 
     stages = [m["progress"]["stage"] for m in rq_job.saved]
     assert stages[0] == "scanning" and stages[-1] == "done"
     assert rq_job.saved[-1]["progress"]["fraction"] == 1.0
+
+
+def test_attempt_after_a_crash_decodes_with_pyav(setup: tuple[Settings, Path, Path]) -> None:
+    """A work horse that died without an answer (a decoder segfault on damaged input, say) is noted in the
+    job's meta; the retry decodes with PyAV and says so."""
+    settings, clip, _ = setup
+    auto = settings.model_copy(update={"decoder": "auto"})
+    rq_job = FakeRqJob()
+    assert jobs.job_options(auto, file_job(auto, clip), rq_job).decoder == "auto"  # type: ignore[arg-type]
+    jobs.note_crashed_attempt(rq_job)  # type: ignore[arg-type]
+    assert jobs.job_options(auto, file_job(auto, clip), rq_job).decoder == "pyav"  # type: ignore[arg-type]
+    verdict = scan_job(file_job(settings, clip), settings, rq_job)  # type: ignore[arg-type]
+    assert verdict.decoder == "pyav" and any("1 earlier attempt(s) died" in w for w in verdict.warnings)

@@ -258,12 +258,24 @@ def _name_url(message: str, download: Path, url: str) -> str:
     return message.replace(str(download), url).replace(download.name, url)
 
 
+CRASH_META = "crashed_attempts"  # job meta: attempts that died without an answer (signal, killed worker)
+
+
 def job_options(settings: Settings, job: ScanJob, rq_job: Job | None) -> ScanOptions:
     overrides = job.options.as_options()
     smaller_batch = rq_job.meta.get("batch_size") if rq_job is not None else None
     if smaller_batch:
         overrides["batch_size"] = int(smaller_batch)
+    if rq_job is not None and rq_job.meta.get(CRASH_META):
+        # An earlier attempt died inside native code (a decoder crash on damaged input, say, or a
+        # kill); FFmpeg through PyAV is the most tolerant decoder, so the retry uses it.
+        overrides["decoder"] = "pyav"
     return settings.scan_options(**overrides)
+
+
+def note_crashed_attempt(rq_job: Job) -> None:
+    """Record in the job's meta that an attempt died without an answer (see job_options)."""
+    rq_job.meta[CRASH_META] = int(rq_job.meta.get(CRASH_META, 0)) + 1
 
 
 def scan_job(job: ScanJob, settings: Settings, rq_job: Job | None = None) -> Verdict:
@@ -293,6 +305,10 @@ def scan_job(job: ScanJob, settings: Settings, rq_job: Job | None = None) -> Ver
             rq_job.meta["batch_size"] = smaller
             rq_job.save_meta()
         raise TransientScanError(f"{exc}; the retry uses batch size {smaller}") from exc
+    if rq_job is not None and rq_job.meta.get(CRASH_META):
+        warnings.append(
+            f"{rq_job.meta[CRASH_META]} earlier attempt(s) died without an answer; this one decoded with PyAV"
+        )
     if scanner.model_version != job.model_version:
         warnings.append(f"enqueued for model {job.model_version}, scanned with {scanner.model_version}")
     progress.update("done", force=True)

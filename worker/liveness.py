@@ -117,6 +117,17 @@ def _execution_worker(connection: Redis, job_id: str, execution_id: str, seriali
             return ""
 
 
+def _note_crash(connection: Redis, job_id: str, serializer: object) -> None:
+    from worker.jobs import note_crashed_attempt
+
+    try:
+        job = Job.fetch(job_id, connection=connection, serializer=serializer)
+        note_crashed_attempt(job)
+        job.save_meta()
+    except Exception as exc:  # noqa: BLE001 - best effort: the re-queue matters more
+        log.warning("could not mark job %s as crashed: %s", job_id, exc)
+
+
 def dead_workers(connection: Redis, settings: Settings, names: set[str]) -> set[str]:
     """Those of `names` that published liveness once and whose key has expired since."""
     candidates = [n for n in names if n and connection.sismember(members_key(settings), n)]
@@ -154,6 +165,8 @@ def requeue_abandoned(connection: Redis, settings: Settings, queues: list[Queue]
             expired = [f"{job_id}:{exec_id}" for (job_id, exec_id), owner in owners.items() if owner in dead]
             if not expired:
                 continue
+            for key in expired:  # their retry decodes with PyAV (see worker.jobs.job_options)
+                _note_crash(connection, key.split(":", 1)[0], queue.serializer)
             connection.zadd(registry.key, {key: 0 for key in expired}, xx=True)
             registry.cleanup(timestamp=1)  # only the entries scored 0 above are old enough
             recovered.extend(key.split(":", 1)[0] for key in expired)

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     target_fps: float | None = Field(None, gt=0, description="Frame sampling rate (ScanOptions default if no mode set)")
     every_n: int | None = Field(None, ge=1, description="Sample every n-th frame instead")
     max_frames: int | None = Field(None, ge=1, description="Sample at most this many frames evenly instead")
+    max_frame_pixels: int = Field(
+        _SCAN_DEFAULTS.max_frame_pixels, ge=1, description="Larger frames give an error verdict; above 4K they are scaled down"
+    )
 
     # --- results and failures -----------------------------------------------------------
     result_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="How long verdicts are kept")
@@ -152,6 +155,7 @@ class Settings(BaseSettings):
             "engine": self.engine,
             "batch_size": self.batch_size,
             "chunk_size": self.chunk_size,
+            "max_frame_pixels": self.max_frame_pixels,
         }
         for name in ("target_fps", "every_n", "max_frames"):
             if getattr(self, name) is not None:

@@ -50,7 +50,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
 from worker.handover import claim_next, claims_key, release_claim, return_claims
-from worker.jobs import job_refusal, preload_scanner, worker_settings
+from worker.jobs import job_refusal, note_crashed_attempt, preload_scanner, worker_settings
 from worker.liveness import LivenessBeat
 from worker.settings import Settings, WorkerMode
 
@@ -283,6 +283,12 @@ class ScanWorker(Worker):
             self.refuse(job, queue, reason)
             return False
         return super().perform_job(job, queue)
+
+    def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
+        # The horse died without an answer (e.g. a decoder segfault on damaged input): the retry,
+        # if any, decodes with PyAV. handle_job_failure, which follows, saves the meta with the job.
+        note_crashed_attempt(job)
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
 
     def get_heartbeat_ttl(self, job: Job) -> int:
         if self.fork_jobs:

@@ -60,11 +60,11 @@ class DaliFrameSource:
                 f"(supported: {', '.join(sorted(supported_codecs(self._dali_device)))})"
             )
         self._spec = spec
-        self._timestamps, expected = presentation_times(spec.path)
+        self._timestamps, expected = presentation_times(spec.path, spec.stats)
         frame_s = 1.0 / spec.info.fps
         end_s = self._timestamps[-1] + frame_s if self._timestamps else 0.0
         # Packet-level check: a cut-off file is an input error, not a DALI limitation.
-        check_complete(expected, frames_decoded=len(self._timestamps), end_s=end_s, name=spec.path.name)
+        check_complete(expected, frames_decoded=len(self._timestamps), end_s=end_s, name=spec.path.name, stats=spec.stats)
         self._pipe = _build_pipeline(self._dali_device, spec.device, sequence_length=spec.chunk_size)
 
     def batches(self) -> Iterator[FrameBatch]:

@@ -15,7 +15,11 @@ import av
 import av.container
 import av.video.stream
 
-from pipeline.decode.types import VideoDecodeError, VideoInfo
+from pipeline.decode.types import DecodeStats, VideoDecodeError, VideoInfo, next_timestamp
+
+# FFmpeg demuxers that read one still image (or a pipe of them), not a video.
+_IMAGE_DEMUXERS = ("image2",)
+_IMAGE_PIPE_SUFFIX = "_pipe"
 
 
 def check_file(path: str | Path) -> Path:
@@ -99,12 +103,17 @@ def expected_completeness(container: av.container.InputContainer, stream: av.vid
     return Completeness(frames=frames, end_s=end_s)
 
 
-def check_complete(expected: Completeness, *, frames_decoded: int, end_s: float, name: str) -> None:
+def check_complete(
+    expected: Completeness, *, frames_decoded: int, end_s: float, name: str, stats: DecodeStats | None = None
+) -> None:
     """Raise if decoding stopped clearly short of what the container promises.
 
     ``end_s`` is the end of the last decoded frame (its timestamp plus one frame duration).
-    A couple of frames of slack absorbs containers whose headers round their counts.
+    A couple of frames of slack absorbs containers whose headers round their counts; a shortfall
+    within the slack is recorded in ``stats.missing_frames``.
     """
+    if stats is not None and expected.frames is not None and 0 < frames_decoded < expected.frames:
+        stats.missing_frames = expected.frames - frames_decoded
     if frames_decoded == 0:
         raise VideoDecodeError(f"no decodable video frames in {name} (truncated or corrupt)")
     if expected.frames is not None and frames_decoded < expected.frames - max(2, expected.frames // 50):
@@ -117,13 +126,56 @@ def check_complete(expected: Completeness, *, frames_decoded: int, end_s: float,
         )
 
 
-def probe_video(path: str | Path) -> VideoInfo:
-    """Read container headers and decode the first frame (for rotation and to prove it decodes)."""
+def check_frame_size(width: int, height: int, max_frame_pixels: int | None, name: str) -> None:
+    if max_frame_pixels is not None and width * height > max_frame_pixels:
+        raise VideoDecodeError(
+            f"frames too large in {name}: {width}x{height} ({width * height / 1e6:.1f} MP) exceeds the limit of "
+            f"{max_frame_pixels / 1e6:.1f} MP per frame (max_frame_pixels, RALF_MAX_FRAME_PIXELS)"
+        )
+
+
+def still_image_kind(container: av.container.InputContainer) -> str | None:
+    """The image format when FFmpeg opened the file as a still image ('png', 'jpeg', ...), else None."""
+    name = container.format.name
+    if name in _IMAGE_DEMUXERS or name.endswith(_IMAGE_PIPE_SUFFIX):
+        return name.removesuffix(_IMAGE_PIPE_SUFFIX)
+    return None
+
+
+def animated_image_kind(path: Path) -> str | None:
+    """'webp' for an animated WebP (read with Pillow: FFmpeg's WebP decoder takes stills only), else None."""
+    with open(path, "rb") as handle:
+        head = handle.read(64 * 1024)
+    if len(head) < 21 or head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+        return None
+    # Extended format (VP8X) with the animation flag, or an ANIM chunk.
+    if head[12:16] == b"VP8X" and head[20] & 0x02:
+        return "webp"
+    return "webp" if b"ANIM" in head[12:] else None
+
+
+def probe_video(path: str | Path, max_frame_pixels: int | None = None) -> VideoInfo:
+    """Read container headers and decode the first frame (for rotation and to prove it decodes).
+
+    Refused here: still images (a PNG named .mp4 is not a video), and frames over `max_frame_pixels`
+    (judged from the stream header, before a frame is decoded). Animated WebP is probed with Pillow."""
     path = check_file(path)
+    if animated_image_kind(path) is not None:
+        from pipeline.decode.pillow import probe_animated
+
+        info = probe_animated(path)
+        check_frame_size(info.width, info.height, max_frame_pixels, path.name)
+        return info
     with open_container(path) as container:
+        still = still_image_kind(container)
+        if still is not None:
+            raise VideoDecodeError(f"a still image ({still}), not a video: {path.name}")
         stream = first_video_stream(container, path)
+        check_frame_size(stream.codec_context.width, stream.codec_context.height, max_frame_pixels, path.name)
         fps = frame_rate(stream)
+        stream.thread_type = "SLICE"  # one frame: no frame-threading buffers
         first = _first_frame(container, stream, path)
+        check_frame_size(first.width, first.height, max_frame_pixels, path.name)
         rotation = normalize_rotation(first.rotation)
         width, height = first.width, first.height
         if rotation in (90, 270):
@@ -158,7 +210,7 @@ def _first_frame(
     raise VideoDecodeError(f"no decodable video frames in {path.name} (truncated or corrupt)")
 
 
-def presentation_times(path: Path) -> tuple[list[float], Completeness]:
+def presentation_times(path: Path, stats: DecodeStats | None = None) -> tuple[list[float], Completeness]:
     """Presentation time (s from stream start) of every video frame, from packets only (no decoding).
 
     Packets arrive in decode order; sorting their pts gives display order, which is VFR-correct.
@@ -187,4 +239,9 @@ def presentation_times(path: Path) -> tuple[list[float], Completeness]:
         pts_values.sort()
         origin = stream_start_pts(stream, pts_values[0] if pts_values else None)
         time_base = stream.time_base
-        return [float((p - origin) * time_base) for p in pts_values], expected
+        times = [float((p - origin) * time_base) for p in pts_values]
+        # Frames sharing a timestamp would all fall into one sampling slot: space them by the frame rate.
+        fixed: list[float] = []
+        for value in times:
+            fixed.append(next_timestamp(fixed[-1] if fixed else None, value, 1.0 / float(fps), stats or DecodeStats()))
+        return fixed, expected

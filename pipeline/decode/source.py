@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from pipeline.decode.chunks import ChunkAssembler
 from pipeline.decode.sampling import FrameSelector, Sampling
-from pipeline.decode.types import VideoInfo
+from pipeline.decode.types import DecodeStats, VideoInfo
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class SourceSpec:
     device: torch.device
     chunk_size: int
     start_index: int = 0
+    stats: DecodeStats = field(default_factory=DecodeStats)  # damage found, filled in while decoding
+    max_frame_pixels: int | None = None  # frames larger than this anywhere in the stream are an error
 
     def selector(self) -> FrameSelector:
         """A fresh keep/skip decision for one pass over the frames."""

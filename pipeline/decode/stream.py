@@ -16,7 +16,7 @@ from pipeline.decode.probe import check_file, probe_video
 from pipeline.decode.pyav import PyAVFrameSource
 from pipeline.decode.sampling import Sampling
 from pipeline.decode.source import SourceSpec
-from pipeline.decode.types import BackendName, BackendRequest, FrameBatch, VideoInfo
+from pipeline.decode.types import REDUCE_ABOVE_PIXELS, BackendName, BackendRequest, DecodeStats, FrameBatch, VideoInfo
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +42,28 @@ class VideoStream:
         sampling: Sampling,
         device: torch.device,
         chunk_size: int,
+        max_frame_pixels: int | None = None,
     ):
         self.path = path
-        self.info: VideoInfo = probe_video(path)
+        self.info: VideoInfo = probe_video(path, max_frame_pixels)
+        self.stats = DecodeStats()  # damage the decode got past (see DecodeStats)
+        self._max_frame_pixels = max_frame_pixels
         self._requested = backend
         self._sampling = sampling
         self._device = device
         self._chunk_size = chunk_size
+        self._source: FrameSource
+        self._iterator: Iterator[FrameBatch] | None = None
+        if self.info.codec == "webp":  # animated WebP: FFmpeg cannot, Pillow can (see probe.animated_image_kind)
+            self.backend: BackendName = "pillow"
+            self._source = self._make_source("pillow", start_index=0)
+            return
+        if self.info.width * self.info.height > REDUCE_ABOVE_PIXELS and backend == "auto":
+            backend = "pyav"  # only PyAV decodes large frames at a reduced size with bounded memory
         plan = choose_backend(
             backend, codec=self.info.codec, cuda=device.type == "cuda", dali_installed=dali_installed()
         )
-        self.backend: BackendName = plan.backend
-        self._source: FrameSource
+        self.backend = plan.backend
         if plan.backend == "dali":
             try:
                 self._source = self._make_source("dali", start_index=0)
@@ -62,7 +72,6 @@ class VideoStream:
         else:
             self._source = self._make_source("pyav", start_index=0)
         logger.debug("decoding %s with %s (%s)", path.name, self.backend, plan.reason)
-        self._iterator: Iterator[FrameBatch] | None = None
 
     def __iter__(self) -> Iterator[FrameBatch]:
         if self._iterator is not None:
@@ -99,10 +108,16 @@ class VideoStream:
             "DALI could not decode %s (%s); falling back to PyAV from frame %d", self.path.name, exc, start_index
         )
         self.backend = "pyav"
+        self.stats = DecodeStats()  # PyAV reads the file from its start again
         self._source = self._make_source("pyav", start_index=start_index)
 
     def _make_source(self, name: BackendName, *, start_index: int) -> FrameSource:
-        source_type = DaliFrameSource if name == "dali" else PyAVFrameSource
+        if name == "pillow":
+            from pipeline.decode.pillow import PillowFrameSource
+
+            source_type: type = PillowFrameSource
+        else:
+            source_type = DaliFrameSource if name == "dali" else PyAVFrameSource
         return source_type(
             SourceSpec(
                 self.path,
@@ -111,6 +126,8 @@ class VideoStream:
                 device=self._device,
                 chunk_size=self._chunk_size,
                 start_index=start_index,
+                stats=self.stats,
+                max_frame_pixels=self._max_frame_pixels,
             )
         )
 
@@ -122,12 +139,14 @@ def open_video(
     sampling: Sampling | None = None,
     device: str | torch.device = "cpu",
     chunk_size: int = 32,
+    max_frame_pixels: int | None = None,
 ) -> VideoStream:
     """Open a video for streaming decode; raises VideoDecodeError for unreadable input.
 
     Frames are delivered on ``device``: DALI on a GPU decodes there directly; PyAV and
     DALI-CPU decode on the CPU and move each chunk there. Errors found only while
-    decoding (truncated or corrupt data) are raised from the iteration.
+    decoding (truncated or corrupt data) are raised from the iteration; damage decoded past
+    is counted in the stream's ``stats``. ``max_frame_pixels``: larger frames are an error.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -140,4 +159,5 @@ def open_video(
         sampling=sampling if sampling is not None else Sampling(),
         device=target,
         chunk_size=chunk_size,
+        max_frame_pixels=max_frame_pixels,
     )
