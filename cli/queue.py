@@ -20,7 +20,7 @@ from rq.serializers import JSONSerializer
 from cli.app import app
 from pipeline.options import AggregationName
 from pipeline.verdict import Verdict
-from worker.jobs import ScanOverrides
+from worker.jobs import ScanOverrides, describe_validation_error
 from worker.queue import (
     EnqueuedJob,
     EnqueueRefused,
@@ -48,7 +48,7 @@ def _settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        err.print(f"[red]invalid RALF_* settings:[/red]\n{exc}")
+        err.print(f"[red]invalid RALF_* settings:[/red] {escape(describe_validation_error(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -83,7 +83,7 @@ def enqueue(
             every_n=every_n, target_fps=target_fps, max_frames=max_frames, aggregation=aggregation
         )
     except ValidationError as exc:
-        err.print(f"[red]invalid scan options:[/red] {exc}")
+        err.print(f"[red]invalid scan options:[/red] {escape(describe_validation_error(exc))}")
         raise typer.Exit(2) from None
     connection = connect(settings)
     accepted: list[EnqueuedJob] = []

@@ -27,6 +27,7 @@ from cli.app import app
 from pipeline.options import AggregationName, DecoderName, DetectorName, DeviceName, ScanOptions
 from pipeline.synthetic import write_face_clip
 from pipeline.verdict import Verdict, verdict_json_schema
+from worker.jobs import describe_validation_error
 from worker.settings import Settings
 
 if TYPE_CHECKING:  # the pipeline (and torch) load when a command scans, not when `ralf-cli` starts
@@ -151,13 +152,24 @@ def _progress_for(progress: Progress, path: Path) -> ProgressCallback:
     return update
 
 
-def scan_all(scanner: Scanner, paths: Sequence[Path], *, show_progress: bool) -> list[Verdict]:
+URL_MESSAGE = (
+    "URLs are not downloaded by `ralf-cli scan`: enqueue them (`ralf-cli enqueue URL`), and a worker downloads "
+    "them with the size cap, deadline and address checks"
+)
+
+
+def scan_all(scanner: Scanner, paths: Sequence[Path | str], *, show_progress: bool) -> list[Verdict]:
     """One verdict per path; a failure of the scanner itself becomes an 'internal: ...' error verdict."""
     from pipeline.scan import INTERNAL_ERROR_PREFIX
+    from worker.sources import has_url_scheme, redact_url
 
     verdicts = []
     with _progress_bars(show_progress) as progress:
-        for path in paths:
+        for given in paths:
+            if isinstance(given, str) and has_url_scheme(given):
+                verdicts.append(scanner.error_verdict(redact_url(given), URL_MESSAGE))
+                continue
+            path = Path(given)
             try:
                 verdict = scanner.scan(path, progress=_progress_for(progress, path))
             except Exception as exc:  # noqa: BLE001  (reported per video; the other videos still get scanned)
@@ -175,14 +187,14 @@ def _scan_options(settings: Settings, overrides: dict[str, Any]) -> ScanOptions:
     try:
         return settings.scan_options(**given)
     except ValidationError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        raise typer.BadParameter(describe_validation_error(exc)) from None
 
 
 def _load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        err.print(f"[red]invalid RALF_* settings:[/red]\n{escape(str(exc))}")
+        err.print(f"[red]invalid RALF_* settings:[/red] {escape(describe_validation_error(exc))}")
         raise typer.Exit(EXIT_ERROR) from None
 
 
@@ -199,7 +211,9 @@ def _build_scanner(options: ScanOptions, weights: Path | None, preset: str) -> S
 
 @app.command()
 def scan(
-    paths: Annotated[list[Path], typer.Argument(help="Video files to scan", show_default=False)],
+    paths: Annotated[
+        list[str], typer.Argument(help="Video files to scan (URLs: use enqueue)", show_default=False)
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="One JSON verdict per line instead of a table")] = False,
     weights: Annotated[
         Path | None, typer.Option(help="RALF weights (.safetensors); default $RALF_WEIGHTS, else random weights")

@@ -224,3 +224,17 @@ def test_table_shows_suspicious_times_short() -> None:
 )
 def test_short_time(seconds: float, text: str) -> None:
     assert short_time(seconds) == text
+
+
+def test_urls_are_pointed_to_enqueue(face_clip_h264: Path) -> None:
+    code, output = _invoke("scan", "http://user:pw@example.org/v.mp4", str(face_clip_h264), "--json", *FAST)
+    first, second = _json_verdicts(output)
+    assert code == 2 and first.label == "error" and "ralf-cli enqueue URL" in (first.error or "")
+    assert first.path == "http://***@example.org/v.mp4" and "file not found" not in output
+    assert second.label in ("real", "fake")
+
+
+def test_invalid_settings_read_without_pydantic_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RALF_BATCH_SIZE", "zero")
+    code, output = _invoke("scan", "x.mp4")
+    assert code == 2 and "batch_size" in output and "errors.pydantic.dev" not in output
