@@ -119,7 +119,7 @@ def enqueue(
     if wait and accepted and redis_error is None:
         states = _wait_for(connection, [job.job_id for job in accepted], timeout_s=wait_timeout, quiet=as_json)
         failed = any(state.status != JobStatus.FINISHED.value for state in states)
-        _report_waited(connection, states, refused, as_json)
+        _report_waited(connection, states, refused, as_json, {job.job_id: job.source for job in accepted})
     elif as_json:
         _print_json({"jobs": [job.model_dump() for job in accepted], "refused": refused})
     else:
@@ -169,8 +169,16 @@ def _wait_for(connection: Any, job_ids: list[str], *, timeout_s: float, quiet: b
     return [states[job_id] for job_id in job_ids if job_id in states]
 
 
-def _report_waited(connection: Any, states: list[JobState], refused: list[dict[str, str]], as_json: bool) -> None:
-    verdicts = {s.job_id: job_verdict(fetch_job(connection, s.job_id)) for s in states if s.status == "finished"}
+def _report_waited(
+    connection: Any, states: list[JobState], refused: list[dict[str, str]], as_json: bool, sources: dict[str, str]
+) -> None:
+    # A stored verdict names a file by its content hash (jobs are shared by content); this user gave a
+    # path, so that is what their report shows.
+    verdicts = {
+        s.job_id: verdict.model_copy(update={"path": sources.get(s.job_id, verdict.path)})
+        for s in states
+        if s.status == "finished" and (verdict := job_verdict(fetch_job(connection, s.job_id))) is not None
+    }
     if as_json:
         _print_json(
             {

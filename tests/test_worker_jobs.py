@@ -81,7 +81,9 @@ def test_scan_job_equals_scan(setup: tuple[Settings, Path, Path]) -> None:
     verdict = scan_job(file_job(settings, clip), settings)
     direct = Scanner(settings.scan_options(), settings.weights).scan(clip)
     assert verdict.label == direct.label and verdict.score == pytest.approx(direct.score)
-    assert verdict.path == str(clip) and verdict.warnings == direct.warnings  # model versions agree
+    assert verdict.warnings == direct.warnings  # model versions agree
+    # the job is shared by everyone who enqueues this content: the verdict names the content, not a path
+    assert verdict.path == f"sha256:{sha256_file(clip)}" and str(clip.parent) not in verdict.model_dump_json()
 
 
 def test_random_weights_version_agrees_between_enqueue_and_worker(setup: tuple[Settings, Path, Path]) -> None:
@@ -200,3 +202,28 @@ def test_attempt_after_a_crash_decodes_with_pyav(setup: tuple[Settings, Path, Pa
     assert jobs.job_options(auto, file_job(auto, clip), rq_job).decoder == "pyav"  # type: ignore[arg-type]
     verdict = scan_job(file_job(settings, clip), settings, rq_job)  # type: ignore[arg-type]
     assert verdict.decoder == "pyav" and any("1 earlier attempt(s) died" in w for w in verdict.warnings)
+
+
+def test_worker_start_names_an_unreadable_weights_file(
+    setup: tuple[Settings, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weights written 0600 by another user (the host, for a worker running as uid 10001 in the image):
+    the start-up error names the file, the reason, its mode and owner and the worker's ids."""
+    import os
+    import shutil
+
+    settings, _, _ = setup
+    weights = tmp_path / "written-on-the-host.safetensors"
+    shutil.copy(settings.weights, weights)
+    os.chmod(weights, 0o600)
+    owner = os.stat(weights).st_uid
+
+    def denied(settings: Settings, options: Any) -> None:  # what open() answers a process of another uid
+        raise PermissionError(13, "Permission denied", str(weights))
+
+    monkeypatch.setattr(jobs, "build_scanner", denied)
+    with pytest.raises(jobs.WorkerSetupError) as info:
+        jobs.preload_scanner(settings.model_copy(update={"weights": weights}))
+    message = str(info.value)
+    assert message.startswith(f"cannot read the weights file (RALF_WEIGHTS) {weights}: Permission denied")
+    assert f"-rw------- , owner uid {owner}".replace(" ,", ",") in message and "chmod 644" in message

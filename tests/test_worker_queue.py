@@ -22,6 +22,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -581,6 +582,55 @@ def test_messages_name_what_the_user_gave(settings: Settings, connection: redis.
     for command in ("status", "result"):
         code, output = invoke(command, "bad.id")
         assert code == 4 and "is not a job id" in output and "Traceback" not in output
+
+
+def test_retries_come_back_on_time_when_the_scheduler_holder_was_killed(
+    pool: list[WorkerProcess], media: Path, settings: Settings, connection: redis.Redis,
+) -> None:
+    """rq's scheduler lock outlives a SIGKILLed holder by a minute, and rq's scheduler moves due retries only
+    under that lock. The workers' liveness threads move them (atomically per job) whoever holds it."""
+    for queue in all_queues(settings, connection):  # the lock a killed worker's scheduler leaves behind
+        connection.set(f"rq:scheduler-lock:{queue.name}", "scheduler-of-a-killed-worker", ex=61)
+    clip = synthetic.write_face_clip(media / "retry.mp4", codec="h264", num_frames=2, size=(160, 120), seed=103)
+    payload, _ = build_scan_job(str(clip), settings, version=model_version(settings))
+    queue = all_queues(settings, connection)[1]
+    job = queue.create_job(JOB_FUNCTION, args=(payload.model_dump(mode="json"),), job_id=job_id_for(payload, PREFIX),
+                           result_ttl=600)
+    due = time.time() + 2
+    queue.schedule_job(job, datetime.fromtimestamp(due, timezone.utc))  # what a retry with a 2 s back-off does
+    wait_for(finished(connection, [job.id]), 30, "the retried job")
+    job = fetch_job(connection, job.id)
+    assert job.get_status().value == "finished" and job.started_at.timestamp() - due < 5
+    assert connection.get(f"rq:scheduler-lock:{queue.name}") == b"scheduler-of-a-killed-worker"
+
+
+def test_shared_results_name_content_not_another_submitters_path(
+    pool: list[WorkerProcess], media: Path, settings: Settings, connection: redis.Redis,
+) -> None:
+    """Two users enqueue the same video from different paths: one job (keyed by content), and neither sees
+    the other's path in status, result or the stored verdict; each one's --wait report shows their own."""
+    first = synthetic.write_face_clip(media / "alice-private-name.mp4", codec="h264", num_frames=2, size=(160, 120),
+                                      seed=104)
+    second = media / "bob-copy.mp4"
+    shutil.copy(first, second)
+    code, output = invoke("enqueue", str(first), "--json")
+    job_id = json.loads(output)["jobs"][0]["job_id"]
+    code, output = invoke("enqueue", str(second), "--wait", "--json")
+    waited = json.loads(output[output.index("{"):])
+    assert code == 0 and waited["jobs"][0]["job_id"] == job_id
+    assert waited["jobs"][0]["verdict"]["path"] == str(second)  # bob's own path in bob's report
+    for command in ("status", "result"):
+        code, output = invoke(command, job_id, "--json")
+        assert code == 0 and "alice-private-name" not in output and "bob-copy" not in output, output
+    stored = job_verdict(fetch_job(connection, job_id))
+    assert stored.path == f"sha256:{payload_hash(first)}"
+    assert "alice" not in fetch_job(connection, job_id).description
+
+
+def payload_hash(path: Path) -> str:
+    from worker.sources import sha256_file
+
+    return sha256_file(path)
 
 
 def test_killed_worker_job_is_rerun_by_the_other(

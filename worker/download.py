@@ -91,6 +91,10 @@ class _Guard:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
 
+    def over(self) -> bool:
+        """At (or a hair before) the deadline: a socket timeout set to the time left fires here too."""
+        return self.expired or time.monotonic() >= self.deadline - 0.05
+
     def left_s(self) -> float:
         left = self.deadline - time.monotonic()
         if left <= 0 or self.expired:
@@ -213,7 +217,7 @@ def _open(url: str, guard: _Guard) -> http.client.HTTPResponse:
             raise DownloadFailed(f"HTTP {exc.code} {exc.reason} from {shown}") from None
         raise DownloadRefused(f"HTTP {exc.code} {exc.reason} from {shown}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        if guard.expired or isinstance(getattr(exc, "reason", None), _DeadlineExpired) or isinstance(exc, _DeadlineExpired):
+        if guard.over() or isinstance(getattr(exc, "reason", None), _DeadlineExpired) or isinstance(exc, _DeadlineExpired):
             raise DownloadFailed(f"download of {shown} did not finish within {guard.timeout_s:g} s") from None
         reason = getattr(exc, "reason", exc)
         if isinstance(reason, AddressRefused):
@@ -272,7 +276,7 @@ def _copy_capped(response: http.client.HTTPResponse, out: BinaryIO, *, url: str,
         except _DeadlineExpired:
             raise late from None
         except (TimeoutError, OSError, http.client.HTTPException, ValueError) as exc:
-            if guard.expired:
+            if guard.over():
                 raise late from None
             raise DownloadFailed(f"download of {url} broke off after {received} bytes: {exc}") from None
         if not chunk:

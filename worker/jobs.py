@@ -14,6 +14,8 @@ import gc
 import hashlib
 import json
 import logging
+import os
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -165,9 +167,35 @@ def build_scanner(settings: Settings, options: ScanOptions) -> Scanner:
     return Scanner(options, settings.weights, preset_if_random=settings.random_preset)
 
 
+class WorkerSetupError(ValueError):
+    """The worker cannot start (a file it needs is unreadable, ...); the message says which and why."""
+
+
+def unreadable_file_message(what: str, path: Path | str, exc: OSError) -> str:
+    """'cannot read <what> <path>: <reason>', with the file's mode and owner next to this process's ids
+    (a worker in a container often runs as another user than the one who wrote the file)."""
+    message = f"cannot read {what} {path}: {exc.strerror or exc}"
+    try:
+        info = os.stat(path)
+    except OSError:
+        return message
+    message += (
+        f" (the file is {stat.filemode(info.st_mode)}, owner uid {info.st_uid} gid {info.st_gid}; "
+        f"this worker runs as uid {os.getuid()} gid {os.getgid()})"
+    )
+    if isinstance(exc, PermissionError) and not info.st_mode & stat.S_IROTH:
+        message += "; make it readable (chmod 644) or run the worker as its owner"
+    return message
+
+
 def preload_scanner(settings: Settings) -> Scanner:
     """Load the model now (worker start), so jobs - and forked work horses - find it ready."""
-    return base_scanner(settings)
+    try:
+        return base_scanner(settings)
+    except OSError as exc:
+        filename = exc.filename or settings.weights
+        what = "the weights file (RALF_WEIGHTS)" if str(filename) == str(settings.weights) else "a file the scanner needs"
+        raise WorkerSetupError(unreadable_file_message(what, filename, exc)) from exc
 
 
 def base_scanner(settings: Settings) -> Scanner:
@@ -254,8 +282,18 @@ def local_copy(job: ScanJob, settings: Settings, progress: JobProgress) -> Itera
         path.unlink(missing_ok=True)
 
 
-def _name_url(message: str, download: Path, url: str) -> str:
-    return message.replace(str(download), url).replace(download.name, url)
+def _name_url(message: str, read: Path, reference: str) -> str:
+    return message.replace(str(read), reference).replace(read.name, reference)
+
+
+def shared_reference(job: ScanJob) -> str:
+    """How a verdict, job description and `status` name the input: what every submitter of the same job
+    knows. A job is shared by everyone who enqueues the same content (files) or URL, so a file is
+    named by its content hash, never by the path of whoever enqueued it first; a URL by itself, with
+    any `user:password@` removed (a payload written straight into Redis may carry one)."""
+    if job.kind == "url":
+        return redact_url(job.source)
+    return f"sha256:{job.content_hash}" if job.content_hash else "file"
 
 
 CRASH_META = "crashed_attempts"  # job meta: attempts that died without an answer (signal, killed worker)
@@ -292,11 +330,15 @@ def scan_job(job: ScanJob, settings: Settings, rq_job: Job | None = None) -> Ver
                 warnings.append("the file changed after it was enqueued; the verdict is for its current content")
             progress.update("scanning", force=True)
             verdict = scanner.scan(path, progress=progress)
-            if job.kind == "url" and verdict.error:
-                # The scanner names the temporary file; the user knows the URL.
-                verdict = verdict.model_copy(update={"error": _name_url(verdict.error, path, redact_url(job.source))})
+            if verdict.error:
+                # The scanner names the file it read: a download's temporary file (the user knows the
+                # URL), or the first submitter's path (not for the others' eyes, see shared_reference).
+                verdict = verdict.model_copy(update={"error": _name_url(verdict.error, path, shared_reference(job))})
     except (SourceRefused, DownloadRefused) as exc:
-        verdict = scanner.error_verdict(redact_url(job.source) if job.kind == "url" else job.source, str(exc))
+        message = str(exc)
+        if job.kind == "file":
+            message = message.replace(job.source, shared_reference(job)).replace(Path(job.source).name, "the file")
+        verdict = scanner.error_verdict(shared_reference(job), message)
     except DownloadFailed as exc:
         raise TransientScanError(str(exc)) from exc
     except InferenceOutOfMemory as exc:
@@ -312,9 +354,7 @@ def scan_job(job: ScanJob, settings: Settings, rq_job: Job | None = None) -> Ver
     if scanner.model_version != job.model_version:
         warnings.append(f"enqueued for model {job.model_version}, scanned with {scanner.model_version}")
     progress.update("done", force=True)
-    # A payload written straight into Redis may carry user:password@ in its URL: never echo it.
-    shown = redact_url(job.source) if job.kind == "url" else job.source
-    return verdict.model_copy(update={"path": shown, "warnings": [*verdict.warnings, *warnings]})
+    return verdict.model_copy(update={"path": shared_reference(job), "warnings": [*verdict.warnings, *warnings]})
 
 
 def run_scan_job(payload: dict[str, Any]) -> dict[str, Any]:

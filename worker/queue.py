@@ -26,7 +26,7 @@ from rq.serializers import JSONSerializer
 from pipeline.options import random_model_version
 from pipeline.verdict import Verdict
 from worker.handover import requeue_if_orphan
-from worker.jobs import JOB_FUNCTION, ScanJob, ScanOverrides, job_id_for
+from worker.jobs import JOB_FUNCTION, ScanJob, ScanOverrides, job_id_for, shared_reference
 from worker.settings import PRIORITIES, Priority, Settings
 from worker.addresses import Resolver, system_resolver
 from worker.sources import SourceRefused, check_source, sha256_file
@@ -67,6 +67,10 @@ def model_version(settings: Settings) -> str:
         return read_metadata(settings.weights).model_version
     except WeightsError as exc:
         raise EnqueueRefused(f"cannot read the model version from RALF_WEIGHTS: {exc}") from None
+    except OSError as exc:
+        from worker.jobs import unreadable_file_message
+
+        raise EnqueueRefused(unreadable_file_message("the weights file (RALF_WEIGHTS)", settings.weights, exc)) from None
 
 
 def job_timeout_s(settings: Settings, duration_s: float | None) -> int:
@@ -170,7 +174,7 @@ def enqueue_scan(
             result_ttl=settings.result_ttl_s,
             failure_ttl=settings.failure_ttl_s,
             retry=retry_policy(settings),
-            description=f"scan {payload.source}",
+            description=f"scan {shared_reference(payload)}",  # not the path: the job is shared by content
         )
     except DuplicateJobError:
         existing = fetch_job(connection, job_id)
@@ -235,9 +239,13 @@ class JobState(BaseModel):
 
 
 def _payload_source(job: Job) -> str:
+    """The job's input as every submitter may see it (content hash for files; see shared_reference)."""
     args = job.args or ()
     if args and isinstance(args[0], dict):
-        return str(args[0].get("source", "?"))
+        try:
+            return shared_reference(ScanJob.model_validate(args[0]))
+        except ValueError:
+            return "?"
     return "?"
 
 
