@@ -10,8 +10,10 @@ from pipeline.decode.types import BackendName, BackendRequest, VideoDecodeError
 
 # NVDEC is worth it for these; MJPEG on a GPU machine stays on PyAV (cheap intra-only decode).
 DALI_GPU_AUTO_CODECS = frozenset({"h264", "hevc", "av1", "vp9", "vp8"})
-# DALI's CPU decoder handles only these.
-DALI_CPU_AUTO_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
+# DALI's CPU decoder handles VP8, VP9 and MJPEG; MJPEG stays on PyAV by default: DALI's CPU MJPEG path
+# crashed the process (SIGSEGV) on 6 of 300 damaged AVI files in benchmarks/fuzz.py, and intra-only
+# MJPEG is cheap for FFmpeg. `decoder dali` still uses DALI for it.
+DALI_CPU_AUTO_CODECS = frozenset({"vp8", "vp9"})
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ def choose_backend(requested: BackendRequest, *, codec: str, cuda: bool, dali_in
     """Pick the decoder.
 
     ``cuda``: frames are wanted on a CUDA device that is present. ``auto`` takes DALI with
-    NVDEC on a GPU for H.264/HEVC/AV1/VP9/VP8, DALI's CPU decoder for VP8/VP9/MJPEG without
+    NVDEC on a GPU for H.264/HEVC/AV1/VP9/VP8, DALI's CPU decoder for VP8/VP9 without
     one, PyAV otherwise. An explicit ``dali`` that cannot work raises instead of switching.
     """
     dali_device: Literal["cpu", "mixed"] = "mixed" if cuda else "cpu"
