@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DeviceName = Literal["auto", "cpu", "cuda"]
 DecoderName = Literal["auto", "dali", "pyav"]
-DetectorName = Literal["mtcnn", "yolo"]
+DetectorName = Literal["mtcnn", "retinaface", "yolo"]
 EngineName = Literal["auto", "tensorrt", "compile", "eager"]
 AggregationName = Literal["mean", "topk", "median"]
 
@@ -48,6 +48,12 @@ class ScanOptions(BaseModel):
 
     aggregation: AggregationName = "mean"
     top_k: int = Field(5, ge=1, description="Frames averaged by the 'topk' aggregation")
+    detect_max_side: int = Field(
+        640,
+        ge=0,
+        description="Faces are detected on a copy of each frame with at most this long side (never so small that "
+        "a min_face_size face becomes undetectable), mapped back, and cropped from the full frame; 0: full resolution",
+    )
     suspicious_frames: int = Field(3, ge=0, description="Most suspicious frame times reported per track")
 
     max_file_bytes: int = Field(4 * 1024**3, ge=1, description="Larger files get an error verdict")

@@ -223,7 +223,7 @@ class Scanner:
         """A scanner for `options` that reuses what this one loaded, rebuilding only what must change.
 
         The model is always shared (never reloaded) on the same device. The detector is shared
-        unless the detector, its weights, `min_face_size` (MTCNN) or `min_face_score` (YOLO)
+        unless the detector, its weights, `min_face_size`, `detect_max_side` or `min_face_score` (YOLO)
         change; the engine is shared unless the engine kind changes or the batch size grows past
         what it was built for. Sampling, aggregation, margin, limits and smaller batch sizes
         (the out-of-memory retry) cost nothing. A different device needs its own copy of the
@@ -455,7 +455,7 @@ def _note_damage(stats: DecodeStats, state: _ScanState) -> None:
 def _detector_settings(options: ScanOptions) -> tuple[object, ...]:
     """The options the face detector is built from; a change in any of them needs a new detector."""
     score = options.min_face_score if options.detector == "yolo" else None
-    return (options.detector, options.yolo_weights, options.min_face_size, score)
+    return (options.detector, options.yolo_weights, options.min_face_size, score, options.detect_max_side)
 
 
 def _build_detector(options: ScanOptions, device: torch.device) -> FaceDetector:
@@ -470,6 +470,7 @@ def _build_detector(options: ScanOptions, device: torch.device) -> FaceDetector:
 
 def _random_model(preset: str) -> RALF:
     """A RALF with seeded random weights: meaningless, but the same in every process and run."""
+        max_side=options.detect_max_side,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_WEIGHTS_SEED)
         return RALF(RALFConfig.from_preset(preset)).eval()

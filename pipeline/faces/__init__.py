@@ -1,4 +1,4 @@
-"""Face detection: one `FaceDetector` protocol, two backends (MTCNN in PyTorch, ultralytics YOLO)."""
+"""Face detection: one `FaceDetector` protocol, three backends (MTCNN and RetinaFace in PyTorch, ultralytics YOLO)."""
 
 from __future__ import annotations
 
@@ -13,27 +13,34 @@ __all__ = ["Detections", "FaceDetector", "FaceDetectorError", "build_detector"]
 
 
 def build_detector(
-    name: Literal["mtcnn", "yolo"],
+    name: Literal["mtcnn", "retinaface", "yolo"],
     device: torch.device | str = "cpu",
     yolo_weights: Path | None = None,
     min_face_size: int = 20,
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.8),
     yolo_conf: float = 0.5,
+    max_side: int | None = None,
 ) -> FaceDetector:
     """The detector called `name` on `device`.
 
-    `min_face_size` (pixels) and the three stage `thresholds` (P-, R-, O-Net) apply to MTCNN;
-    YOLO needs `yolo_weights`, a local face-detection `.pt` file, and keeps boxes scoring >= `yolo_conf`.
-    Backends are imported here so that choosing MTCNN never loads ultralytics.
+    `min_face_size` (frame pixels) applies to MTCNN and RetinaFace, the three stage `thresholds`
+    (P-, R-, O-Net) to MTCNN; `max_side` (None or 0: full resolution) makes MTCNN and RetinaFace
+    detect on a copy of each frame with that long side (`pipeline.faces.working`), boxes in frame pixels.
+    YOLO needs `yolo_weights`, a local face-detection `.pt` file, keeps boxes scoring >= `yolo_conf`
+    and resizes frames itself. Backends are imported here so that choosing MTCNN never loads ultralytics.
     """
     if name == "mtcnn":
         from pipeline.faces.mtcnn import MtcnnDetector
 
-        return MtcnnDetector(device=device, min_face_size=min_face_size, thresholds=thresholds)
+        return MtcnnDetector(device=device, min_face_size=min_face_size, thresholds=thresholds, max_side=max_side)
+    if name == "retinaface":
+        from pipeline.faces.retinaface import RetinaFaceDetector
+
+        return RetinaFaceDetector(device=device, min_face_size=min_face_size, max_side=max_side)
     if name == "yolo":
         if yolo_weights is None:
             raise FaceDetectorError("the yolo detector needs a local face weights file (.pt); none was given")
         from pipeline.faces.yolo import YoloFaceDetector
 
         return YoloFaceDetector(weights=yolo_weights, device=device, conf=yolo_conf)
-    raise FaceDetectorError(f"unknown face detector {name!r}; choose 'mtcnn' or 'yolo'")
+    raise FaceDetectorError(f"unknown face detector {name!r}; choose 'mtcnn', 'retinaface' or 'yolo'")

