@@ -11,6 +11,7 @@ import torch
 
 from pipeline import synthetic
 from pipeline.decode import DaliDecodeError, FrameBatch, Sampling, VideoDecodeError, open_video, probe_video
+from pipeline.decode.choice import BackendPlan
 from pipeline.decode.dali import DaliFrameSource
 from pipeline.decode.rotation import to_upright
 
@@ -136,6 +137,10 @@ def test_auto_falls_back_to_pyav_part_way_with_a_warning(
         return real_run_once(self, decoded)
 
     monkeypatch.setattr(DaliFrameSource, "_run_once", fail_on_second_run)
+    # `auto` takes DALI only on GPUs (NVDEC); its CPU decoder stands in for it here.
+    import pipeline.decode.stream as stream_module
+
+    monkeypatch.setattr(stream_module, "choose_backend", lambda *a, **k: BackendPlan("dali", "cpu", "test"))
     with caplog.at_level(logging.WARNING), open_video(face_clip_vp9, backend="auto", chunk_size=8) as stream:
         assert stream.backend == "dali"
         batches = list(stream)

@@ -17,9 +17,12 @@ AUTO_CASES = [
     ("mpeg2video", True, "pyav", None),
     ("h264", False, "pyav", None),
     ("hevc", False, "pyav", None),
-    ("vp9", False, "dali", "cpu"),
-    ("vp8", False, "dali", "cpu"),
-    ("mjpeg", False, "pyav", None),  # DALI's CPU MJPEG path crashes on damaged files (benchmarks/fuzz.py)
+    # Without a GPU, PyAV for everything: faster than DALI's CPU backend (VP9 880 vs 588 frames/s,
+    # VP8 1302 vs 435, MJPEG 1406 vs 454 on the 2-core development CPU), and DALI's CPU MJPEG path
+    # crashes on damaged files (benchmarks/fuzz.py).
+    ("vp9", False, "pyav", None),
+    ("vp8", False, "pyav", None),
+    ("mjpeg", False, "pyav", None),
     ("prores", False, "pyav", None),
 ]
 
@@ -34,7 +37,7 @@ def test_auto_choice(codec: str, cuda: bool, backend: str, dali_device: str | No
 def test_auto_without_dali_uses_pyav(cuda: bool) -> None:
     plan = choose_backend("auto", codec="vp9", cuda=cuda, dali_installed=False)
     assert plan.backend == "pyav"
-    assert "not installed" in plan.reason
+    assert ("not installed" if cuda else "faster") in plan.reason
 
 
 def test_explicit_pyav_is_always_honoured() -> None:

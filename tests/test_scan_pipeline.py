@@ -264,6 +264,11 @@ def test_decoder_fallback_part_way_is_reported(small_vp9: Path, monkeypatch: pyt
         return real_run_once(self, decoded)
 
     monkeypatch.setattr(DaliFrameSource, "_run_once", fail_on_second_run)
+    # `auto` takes DALI only on GPUs (NVDEC); its CPU decoder stands in for it here.
+    import pipeline.decode.stream as stream_module
+    from pipeline.decode.choice import BackendPlan
+
+    monkeypatch.setattr(stream_module, "choose_backend", lambda *a, **k: BackendPlan("dali", "cpu", "test"))
     verdict = _scanner(decoder="auto", chunk_size=8, every_n=3).scan(small_vp9)
     assert verdict.label in ("real", "fake")
     assert verdict.decoder == "pyav"

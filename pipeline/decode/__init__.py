@@ -1,7 +1,7 @@
 """Decode stage: video file -> chunks of sampled, upright RGB frames with timestamps.
 
-Two backends behind `open_video`: NVIDIA DALI (NVDEC on GPU, CPU decoder for VP8/VP9/MJPEG)
-and PyAV (every codec FFmpeg knows). Memory stays bounded by the chunk size.
+Two backends behind `open_video`: NVIDIA DALI (NVDEC on GPU, CPU decoder for VP8/VP9/MJPEG
+on request) and PyAV (every codec FFmpeg knows; `auto`'s choice on CPUs). Memory stays bounded by the chunk size.
 
 The names below are imported on first use: `pipeline.decode.probe` (what `ralf-cli enqueue`
 needs to read a video's duration) then loads without torch and the decoders.
