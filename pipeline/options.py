@@ -38,6 +38,9 @@ class ScanOptions(BaseModel):
     max_frames: int | None = Field(None, ge=1)
 
     chunk_size: int = Field(32, ge=1, description="Sampled frames decoded and detected together")
+    prefetch: int = Field(
+        1, ge=0, le=4, description="Chunks decoded ahead in a background thread while one is scored; 0: none"
+    )
     chunk_pixels: int = Field(
         32_000_000, ge=1, description="Cap on pixels per chunk: large frames get smaller chunks (at least 1 frame)"
     )

@@ -29,6 +29,7 @@ import torch
 from pipeline.aggregate import FaceScore, aggregate_tracks, fake_probabilities, video_label, video_score
 from pipeline.crops import crop_faces
 from pipeline.decode import FrameBatch, Sampling, VideoDecodeError, VideoInfo, VideoStream, open_video, probe_video
+from pipeline.decode.prefetch import prefetch
 from pipeline.decode.types import DecodeStats
 from pipeline.engine import InferenceEngine, InferenceOutOfMemory, load_engine
 from pipeline.faces import FaceDetector, build_detector
@@ -326,7 +327,25 @@ class Scanner:
         tracker = IouTracker()
         total = expected_samples(stream.info, self.sampling)
         first_decoder = state.decoder = stream.backend
-        for batch in self._timed_batches(stream, state):
+        # The next chunk decodes in a background thread while this one is detected and scored.
+        batches = prefetch(iter(stream), self.options.prefetch)
+        try:
+            self._score_batches(stream, batches, tracker, total, state, progress)
+        finally:
+            batches.close()  # type: ignore[attr-defined]  (stops the decode thread before the stream closes)
+        if state.decoder != first_decoder:
+            state.warnings.append(f"{first_decoder} failed part-way; the rest was decoded by {state.decoder}")
+
+    def _score_batches(
+        self,
+        stream: VideoStream,
+        batches: Iterator[FrameBatch],
+        tracker: IouTracker,
+        total: int,
+        state: _ScanState,
+        progress: ProgressCallback | None,
+    ) -> None:
+        for batch in self._timed_batches(batches, state):
             state.decoder = stream.backend
             if batch.timestamps_s[-1] > self.options.max_duration_s:
                 # Headers can understate the length; the limit holds on what is actually decoded.
@@ -340,11 +359,10 @@ class Scanner:
             if progress is not None:
                 progress(state.counts.frames_decoded, total)
         self._infer_pending(state, keep_remainder=False)
-        if state.decoder != first_decoder:
-            state.warnings.append(f"{first_decoder} failed part-way; the rest was decoded by {state.decoder}")
 
-    def _timed_batches(self, stream: VideoStream, state: _ScanState) -> Iterator[FrameBatch]:
-        batches = iter(stream)
+    def _timed_batches(self, batches: Iterator[FrameBatch], state: _ScanState) -> Iterator[FrameBatch]:
+        """`batches`, adding the time spent waiting for each to `decode_s` (with prefetch: the decode
+        time not hidden behind detection and scoring)."""
         while True:
             started = time.perf_counter()
             batch = next(batches, None)
@@ -465,12 +483,12 @@ def _build_detector(options: ScanOptions, device: torch.device) -> FaceDetector:
         yolo_weights=options.yolo_weights,
         min_face_size=options.min_face_size,
         yolo_conf=options.min_face_score,
+        max_side=options.detect_max_side,
     )
 
 
 def _random_model(preset: str) -> RALF:
     """A RALF with seeded random weights: meaningless, but the same in every process and run."""
-        max_side=options.detect_max_side,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_WEIGHTS_SEED)
         return RALF(RALFConfig.from_preset(preset)).eval()
