@@ -77,7 +77,9 @@ class Settings(BaseSettings):
     detector: DetectorName = Field(_SCAN_DEFAULTS.detector, description="Face detector: mtcnn | yolo")
     yolo_weights: Path | None = Field(None, description="Local YOLO face weights (detector=yolo)")
     engine: EngineName = Field(_SCAN_DEFAULTS.engine, description="auto | tensorrt | compile | eager")
-    batch_size: int = Field(_SCAN_DEFAULTS.batch_size, ge=1, description="Face crops per model forward")
+    batch_size: int | None = Field(
+        _SCAN_DEFAULTS.batch_size, ge=1, description="Face crops per model forward (unset: the scan options' default)"
+    )
     chunk_size: int = Field(_SCAN_DEFAULTS.chunk_size, ge=1, description="Sampled frames decoded together")
     target_fps: float | None = Field(None, gt=0, description="Frame sampling rate (ScanOptions default if no mode set)")
     every_n: int | None = Field(None, ge=1, description="Sample every n-th frame instead")

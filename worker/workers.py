@@ -247,7 +247,8 @@ class ScanWorker(Worker):
         self.log.error("Worker %s: job %s %s", self.name, job.id, reason)
         job.retries_left = 0
         job.webhooks = []
-        self.execution = None  # (fork mode: the parent still holds the previous job's execution)
+        if self.execution is not None and self.execution.job_id != job.id:
+            self.execution = None  # fork mode: the parent still holds the previous job's execution
         job._success_callback_name = job._failure_callback_name = job._stopped_callback_name = None
         self.handle_job_failure(job, queue, exc_string=f"JobRefused: {reason}")
         release_claim(self.connection, self.settings, self.name, job.id)
@@ -288,6 +289,8 @@ class ScanWorker(Worker):
         # The horse died without an answer (e.g. a decoder segfault on damaged input): the retry,
         # if any, decodes with PyAV. handle_job_failure, which follows, saves the meta with the job.
         note_crashed_attempt(job)
+        with contextlib.suppress(redis.RedisError):
+            job.save_meta()
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)
 
     def get_heartbeat_ttl(self, job: Job) -> int:
