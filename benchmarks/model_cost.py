@@ -112,7 +112,7 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="paper", choices=["paper", "tiny"])
+    parser.add_argument("--preset", default="paper", choices=["paper", "lite", "tiny"])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

@@ -72,7 +72,12 @@ def naive_scan(scanner: Scanner, clip: Path) -> tuple[int, list[torch.Tensor]]:
             found = found.filter(found.scores >= options.min_face_score)
             for box in found.boxes:
                 crop = crop_faces(
-                    batch.frames, torch.zeros(1, dtype=torch.int64), box[None].cpu(), scanner.image_size, options.margin
+                    batch.frames,
+                    torch.zeros(1, dtype=torch.int64),
+                    box[None].cpu(),
+                    scanner.image_size,
+                    scanner.crop.margin,
+                    scanner.crop.square,
                 )
                 single.logits(crop)
                 crops.append(crop)

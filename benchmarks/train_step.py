@@ -29,7 +29,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import torch  # noqa: E402
 
 
-def measure(preset: str, batch_size: int, steps: int, device: str, amp: str, use_con: bool) -> dict[str, object]:
+def measure(
+    preset: str, batch_size: int, steps: int, device: str, amp: str, use_con: bool, con_weights: str | None
+) -> dict[str, object]:
     from pipeline.synthetic import write_noise_crops
     from trainer.config import TrainConfig
     from trainer.data import unwrap_batch
@@ -46,7 +48,9 @@ def measure(preset: str, batch_size: int, steps: int, device: str, amp: str, use
             device=device,  # type: ignore[arg-type]
             amp=amp,  # type: ignore[arg-type]
             allow_random_init=True,
-            allow_random_vgg=use_con,
+            allow_random_vgg=use_con and con_weights is None,
+            con_network="mobilenet_v2" if con_weights else "vgg19",
+            con_weights=con_weights,
             loss={"use_con": use_con},
         )
         size = config.network_config().image_size
@@ -88,6 +92,7 @@ def measure(preset: str, batch_size: int, steps: int, device: str, amp: str, use
         "device": str(device),
         "threads": torch.get_num_threads(),
         "step_s": step,
+        "image_s": step / batch_size,
         "forward_s": forward,
         "ratio": step / forward,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -98,19 +103,24 @@ def measure(preset: str, batch_size: int, steps: int, device: str, amp: str, use
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["tiny", "paper"], choices=["tiny", "paper"])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "paper"], choices=["tiny", "lite", "paper"])
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-con", action="store_true", help="without L_con (no VGG19 passes)")
+    parser.add_argument(
+        "--con-weights", default=None, help="L_con on frozen ImageNet MobileNetV2 features from this torchvision file"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:
-        result = measure(args.worker, args.batch_size, args.steps, args.device, args.amp, not args.no_con)
+        result = measure(
+            args.worker, args.batch_size, args.steps, args.device, args.amp, not args.no_con, args.con_weights
+        )
         print(json.dumps(result))
         return
     rows = []
@@ -122,12 +132,14 @@ def main() -> None:
             continue
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     terms = "all terms" if not args.no_con else "without L_con"
+    if args.con_weights and not args.no_con:
+        terms += ", L_con on MobileNetV2 features"
     print(f"joint training step ({terms}), batch {args.batch_size}, {args.device}, amp {args.amp}")
-    print(f"{'preset':<7}{'size':>6}{'threads':>8}{'s/step':>10}{'fwd s':>9}{'step/fwd':>10}{'peak RSS MB':>13}{'peak CUDA MB':>14}")
+    print(f"{'preset':<7}{'size':>6}{'threads':>8}{'s/step':>10}{'s/image':>9}{'fwd s':>9}{'step/fwd':>10}{'peak RSS MB':>13}{'peak CUDA MB':>14}")
     for r in rows:
         cuda = "-" if r["peak_cuda_mb"] is None else f"{r['peak_cuda_mb']:.0f}"
         print(
-            f"{r['preset']:<7}{r['image_size']:>6}{r['threads']:>8}{r['step_s']:>10.3f}{r['forward_s']:>9.3f}"
+            f"{r['preset']:<7}{r['image_size']:>6}{r['threads']:>8}{r['step_s']:>10.3f}{r['image_s']:>9.3f}{r['forward_s']:>9.3f}"
             f"{r['ratio']:>10.1f}{r['peak_rss_mb']:>13.0f}{cuda:>14}"
         )
 

@@ -54,11 +54,14 @@ def prepare(
     frames: Annotated[int, typer.Option(help="Frames sampled evenly over each video")] = 32,
     margin: Annotated[float, typer.Option(help="Crop enlargement around the face box (fraction of its side)")] = 0.3,
     size: Annotated[int, typer.Option(help="Side of the saved square crops (the model's input size)")] = 256,
-    layout: Annotated[str, typer.Option(help="folder | ffpp | celebdf | dfdc")] = "folder",
+    layout: Annotated[str, typer.Option(help="folder | ffpp | celebdf | dfdc | reals")] = "folder",
+    holdout: Annotated[float, typer.Option(help="reals layout: share of people held back as the test split")] = 0.15,
+    still_padding: Annotated[float, typer.Option(help="Reflect padding around still images (fraction of side)")] = 0.25,
+    stretch: Annotated[bool, typer.Option("--stretch", help="Cut the box stretched to a square, not a square box")] = False,
     compression: Annotated[str, typer.Option(help="FF++ quality folder: raw | c23 | c40")] = "c23",
     methods: Annotated[str, typer.Option(help="FF++ manipulations, comma separated")] = ",".join(FFPP_METHODS),
     splits_dir: Annotated[Path | None, typer.Option(help="FF++ train/val/test.json folder (default SRC/splits or SRC)")] = None,
-    min_face_size: Annotated[int, typer.Option(help="Smallest face side in pixels")] = 20,
+    min_face_size: Annotated[int, typer.Option(help="Smallest face side in pixels (scan uses 40)")] = 40,
     min_score: Annotated[float, typer.Option(help="Ignore faces the detector scores lower")] = 0.9,
     device: Annotated[str, typer.Option(help="cpu | cuda (face detection)")] = "cpu",
     decoder: Annotated[str, typer.Option(help="auto | dali | pyav")] = "auto",
@@ -73,10 +76,12 @@ def prepare(
         layout_options = {"compression": compression, "methods": tuple(m for m in methods.split(",") if m)}
         if splits_dir is not None:
             layout_options["splits_dir"] = splits_dir
+    if layout == "reals":
+        layout_options = {"holdout": holdout}
     try:
         options = PrepareOptions(
-            frames=frames, margin=margin, size=size, min_face_size=min_face_size, min_score=min_score,
-            device=device, decoder=decoder,
+            frames=frames, margin=margin, square=not stretch, still_padding=still_padding, size=size,
+            min_face_size=min_face_size, min_score=min_score, device=device, decoder=decoder,
         )
         summary = run_prepare(source, output, layout, options, layout_options)
     except ValidationError as error:
@@ -98,8 +103,18 @@ def train(
     ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="Prepared crops (index.jsonl) or a folder layout of crop folders")],
     output: Annotated[Path, typer.Argument(help="Run folder: checkpoints/, train_log.jsonl, best/last.safetensors")],
-    preset: Annotated[str, typer.Option(help="paper | tiny")] = "paper",
-    backbone: Annotated[str, typer.Option(help="xception | resnet18 | resnet50")] = "xception",
+    more_data: Annotated[
+        list[Path] | None, typer.Option("--more-data", help="Further prepared crop folders to train on (repeatable)")
+    ] = None,
+    preset: Annotated[str, typer.Option(help="paper | lite | tiny")] = "paper",
+    backbone: Annotated[
+        str | None, typer.Option(help="xception | resnet18 | resnet50 | mobilenet_v2 (default: the preset's)")
+    ] = None,
+    fakes: Annotated[
+        str, typer.Option(help="Fake class: data (the dataset's fakes) | sbi (self-blended from its reals) | data+sbi")
+    ] = "data",
+    patience: Annotated[int | None, typer.Option(help="Stop after this many validations without improvement")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Wall-clock budget; then validate, save and stop")] = None,
     pool: Annotated[str, typer.Option(help="Classifier global pooling: max | avg")] = "max",
     image_size: Annotated[int | None, typer.Option(help="Override the preset's input size")] = None,
     batch_size: Annotated[int, typer.Option(help="Per process, half real half fake")] = 16,
@@ -129,7 +144,15 @@ def train(
     amp: Annotated[str, typer.Option(help="auto | none | bf16 | fp16 (CUDA only)")] = "auto",
     vgg19_weights: Annotated[Path | None, typer.Option(help="Local VGG19 ImageNet file for L_con")] = None,
     allow_random_vgg: Annotated[bool, typer.Option("--allow-random-vgg", help="Accept a random frozen VGG19")] = False,
-    xception_weights: Annotated[Path | None, typer.Option(help="Local Xception ImageNet file")] = None,
+    con_network: Annotated[str, typer.Option(help="L_con features: vgg19 (paper) | mobilenet_v2 (no VGG19 at hand)")] = "vgg19",
+    con_weights: Annotated[Path | None, typer.Option(help="ImageNet mobilenet_v2 .pth for --con-network mobilenet_v2")] = None,
+    backbone_weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--backbone-weights", "--xception-weights",
+            help="Local ImageNet file of the backbone (Xception .pth/.keras/.h5, torchvision mobilenet_v2/resnet .pth)",
+        ),
+    ] = None,
     allow_random_init: Annotated[bool, typer.Option("--allow-random-init", help="Train the backbone from random init")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its latest checkpoint")] = False,
     stop_at: Annotated[int | None, typer.Option(help="Stop at this step with a checkpoint (continue with --resume)")] = None,
@@ -146,8 +169,9 @@ def train(
         "val_every": val_every, "val_fraction": val_fraction, "log_every": log_every,
         "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints, "seed": seed,
         "num_workers": num_workers, "device": device, "amp": amp, "vgg19_weights": vgg19_weights,
-        "allow_random_vgg": allow_random_vgg, "xception_weights": xception_weights,
-        "allow_random_init": allow_random_init,
+        "allow_random_vgg": allow_random_vgg, "backbone_weights": backbone_weights,
+        "allow_random_init": allow_random_init, "fakes": fakes, "patience": patience,
+        "con_network": con_network, "con_weights": con_weights, "max_minutes": max_minutes,
     }  # fmt: skip
     loss: dict[str, Any] = {
         "use_emb": not no_emb, "use_con": not no_con, "use_adv": not no_adv, "freq_weighting": freq_loss,
@@ -159,7 +183,7 @@ def train(
             config = _resumed_config(ctx, output, values)
         else:
             config = TrainConfig(**values, loss=loss)
-        result = run_training(config, data, output, resume=resume, progress=progress, stop_at=stop_at)
+        result = run_training(config, [data, *(more_data or [])], output, resume=resume, progress=progress, stop_at=stop_at)
     except ValidationError as error:
         fail(validation_message(error))
     except (TrainingError, *USER_ERRORS) as error:
@@ -167,7 +191,8 @@ def train(
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
     best = f"best validation AUC {result.best_auc:.4f} at step {result.best_step}" if result.best_auc is not None else "no validation"
-    out.print(f"trained {result.steps} steps in {result.seconds:.0f} s; {best}")
+    why = {"patience": " (early stop: no better validation AUC)", "time": " (time budget reached)"}.get(result.stopped, "")
+    out.print(f"trained {result.steps} steps in {result.seconds:.0f} s{why}; {best}")
     out.print(f"weights: {result.best_weights or '-'} (best), {result.last_weights} (last); log: {result.log_path}")
 
 
@@ -214,8 +239,13 @@ def evaluate(
     batch_size: Annotated[int, typer.Option()] = 32,
     num_workers: Annotated[int, typer.Option()] = 2,
     progress: Annotated[bool, typer.Option(help="Show progress bars")] = True,
+    fakes: Annotated[str, typer.Option(help="data | sbi (a self-blended twin of every real crop) | data+sbi")] = "data",
+    groups: Annotated[
+        str | None, typer.Option(help="Error rates per group of people: 'utkface' (from file names) or a CSV file")
+    ] = None,
 ) -> None:
-    """Acc, AUC, EER and AP at frame and video level; optional distortion with its AUC drop; ROC PNG."""
+    """Acc, AUC, EER and AP at frame and video level; optional distortion with its AUC drop; ROC PNG;
+    false-positive rates per group of people."""
     from trainer.distortions import DISTORTIONS
     from trainer.evaluate import evaluate as run_evaluation
     from trainer.evaluate import plot_roc
@@ -224,11 +254,12 @@ def evaluate(
         _choice(distortion, DISTORTIONS, "--distortion")
     _choice(aggregation, ("mean", "topk", "median"), "--aggregation")
     _choice(split, ("auto", "train", "val", "test", "all"), "--split")
+    _choice(fakes, ("data", "sbi", "data+sbi"), "--fakes")
     try:
         report = run_evaluation(
             weights, data, split=split, distortion=distortion, aggregation=aggregation, top_k=top_k,  # type: ignore[arg-type]
             device=device, batch_size=batch_size, num_workers=num_workers, threshold=threshold,
-            progress=progress and not as_json,
+            progress=progress and not as_json, fakes=fakes, groups=groups,
         )  # fmt: skip
         if roc is not None:
             plot_roc(report, roc)
@@ -238,8 +269,21 @@ def evaluate(
         print(json.dumps(report.as_dict(), indent=1))
         return
     out.print(_report_table(report))
+    if report.groups is not None:
+        out.print(_groups_table(report))
     if roc is not None:
         out.print(f"ROC curves: {roc}")
+
+
+def _groups_table(report: Any) -> Table:
+    table = Table(title=f"per group at P(fake) >= {report.threshold:.4f} (frames)")
+    for column in ("attribute", "group", "real", "FP", "FPR", "fake", "TPR"):
+        table.add_column(column, justify="left" if column in ("attribute", "group") else "right")
+    for g in report.groups:
+        fpr = "-" if g.fpr is None else f"{g.fpr:.4f}"
+        tpr = "-" if g.tpr is None else f"{g.tpr:.4f}"
+        table.add_row(g.attribute, g.group, str(g.num_real), str(g.false_positives), fpr, str(g.num_fake), tpr)
+    return table
 
 
 def _report_table(report: Any) -> Table:

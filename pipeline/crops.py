@@ -1,4 +1,9 @@
-"""Square face crops around detector boxes, resized to the model's input size, on the frames' device."""
+"""Face crops around detector boxes, resized to the model's input size, on the frames' device.
+
+One geometry serves training (`ralf-cli prepare`) and serving (`scan`): a square around the box's
+longer side plus a margin (the default), or the box itself plus a margin stretched to a square
+(how the authors' reference code cut its training faces). The weights' metadata says which.
+"""
 
 from __future__ import annotations
 
@@ -24,20 +29,49 @@ def square_regions(boxes: torch.Tensor, margin: float) -> torch.Tensor:
     return torch.stack([x0, y0, x0 + side, y0 + side], dim=1).to(torch.int64)
 
 
+def stretched_regions(boxes: torch.Tensor, margin: float) -> torch.Tensor:
+    """Integer rectangles `(K, 4)` xyxy (end exclusive): each box grown by `margin` of its own width
+    and height (half on each side), at least one pixel; resized to a square they stretch the face."""
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    boxes = boxes.to(torch.float64)
+    width = ((boxes[:, 2] - boxes[:, 0]) * (1.0 + margin)).round().clamp(min=1.0)
+    height = ((boxes[:, 3] - boxes[:, 1]) * (1.0 + margin)).round().clamp(min=1.0)
+    x0 = torch.round((boxes[:, 0] + boxes[:, 2]) / 2 - width / 2)
+    y0 = torch.round((boxes[:, 1] + boxes[:, 3]) / 2 - height / 2)
+    return torch.stack([x0, y0, x0 + width, y0 + height], dim=1).to(torch.int64)
+
+
+def crop_regions(boxes: torch.Tensor, margin: float, square: bool = True) -> torch.Tensor:
+    """The frame rectangle each crop is cut from (see `square_regions`, `stretched_regions`)."""
+    return square_regions(boxes, margin) if square else stretched_regions(boxes, margin)
+
+
+def landmarks_in_crops(
+    landmarks: torch.Tensor, boxes: torch.Tensor, size: int, margin: float = 0.3, square: bool = True
+) -> torch.Tensor:
+    """Frame-pixel landmarks `(K, P, 2)` of each box mapped into its `size` x `size` crop's pixels."""
+    regions = crop_regions(boxes.detach().cpu(), margin, square).to(torch.float64)
+    origin = regions[:, None, :2]
+    scale = size / (regions[:, None, 2:] - regions[:, None, :2])
+    return ((landmarks.detach().cpu().to(torch.float64) - origin) * scale).to(torch.float32)
+
+
 def crop_faces(
     frames: torch.Tensor,
     frame_indices: torch.Tensor,
     boxes: torch.Tensor,
     size: int,
     margin: float = 0.3,
+    square: bool = True,
 ) -> torch.Tensor:
-    """Cut one square crop per box and resize it to `size` × `size`.
+    """Cut one crop per box (`crop_regions`) and resize it to `size` × `size`.
 
     frames: uint8 `(N, H, W, 3)` RGB; frame_indices: `(K,)` which frame each box belongs to
     (positions in `frames`, not video frame numbers); boxes: `(K, 4)` xyxy pixels.
     Returns float32 `(K, 3, size, size)` RGB in [0, 1] on `frames.device`.
 
-    Parts of a square that fall outside the frame are black (zeros), so a face at the border
+    Parts of a region that fall outside the frame are black (zeros), so a face at the border
     keeps its position and scale inside the crop instead of being stretched.
     The resize is bilinear with antialiasing, so downscaling a large face does not alias.
     """
@@ -56,25 +90,24 @@ def crop_faces(
 
     height, width = frames.shape[1], frames.shape[2]
     # Crop geometry is a handful of integers per box: compute it on the CPU once.
-    regions = square_regions(boxes.detach().cpu(), margin).tolist()
+    regions = crop_regions(boxes.detach().cpu(), margin, square).tolist()
     indices = frame_indices.detach().cpu().tolist()
     if min(indices) < 0 or max(indices) >= frames.shape[0]:
         raise ValueError(f"frame_indices must lie in [0, {frames.shape[0]}), got {min(indices)}..{max(indices)}")
 
     crops = torch.empty((count, 3, size, size), dtype=torch.float32, device=device)
     for k, ((x0, y0, x1, y1), frame) in enumerate(zip(regions, indices)):
-        side = x1 - x0
-        square = torch.zeros((1, 3, side, side), dtype=torch.float32, device=device)
+        region = torch.zeros((1, 3, y1 - y0, x1 - x0), dtype=torch.float32, device=device)
         inside_x0, inside_y0 = max(x0, 0), max(y0, 0)
         inside_x1, inside_y1 = min(x1, width), min(y1, height)
         if inside_x1 > inside_x0 and inside_y1 > inside_y0:
             patch = frames[frame, inside_y0:inside_y1, inside_x0:inside_x1].permute(2, 0, 1)
-            square[
+            region[
                 0, :, inside_y0 - y0 : inside_y1 - y0, inside_x0 - x0 : inside_x1 - x0
             ] = patch.to(torch.float32) / 255.0
-        if side == size:
-            crops[k] = square[0]
+        if region.shape[-2:] == (size, size):
+            crops[k] = region[0]
         else:
-            resized = F.interpolate(square, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            resized = F.interpolate(region, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
             crops[k] = resized[0].clamp_(0.0, 1.0)
     return crops

@@ -45,7 +45,11 @@ class ScanOptions(BaseModel):
         32_000_000, ge=1, description="Cap on pixels per chunk: large frames get smaller chunks (at least 1 frame)"
     )
     batch_size: int = Field(32, ge=1, description="Face crops per model forward")
-    margin: float = Field(0.3, ge=0.0, description="Crop enlargement around the face box, fraction of its side")
+    margin: float | None = Field(
+        None,
+        ge=0.0,
+        description="Square crop grown by this fraction of the face box's side; default: as the weights were trained",
+    )
     min_face_size: int = Field(40, ge=8, description="Smallest face side in pixels the detector looks for")
     min_face_score: float = Field(0.9, ge=0.0, le=1.0)
 

@@ -38,7 +38,7 @@ from pipeline.tracking import IouTracker
 from pipeline.verdict import Counts, StageTimings, TrackVerdict, Verdict, VerdictLabel
 from ralf.config import RALFConfig
 from ralf.model import RALF
-from ralf.weights import Calibration, load_weights
+from ralf.weights import Calibration, CropGeometry, load_weights
 
 __all__ = [
     "INTERNAL_ERROR_PREFIX",
@@ -145,16 +145,18 @@ class _LoadedModel:
     model_version: str
     weights_random: bool
     decision: Decision
+    crop: CropGeometry
 
     @classmethod
     def load(cls, weights: Path | None, preset_if_random: str, device: torch.device) -> _LoadedModel:
         if weights is None:
             version = random_model_version(preset_if_random)
             decision = Decision.from_calibration(None)
-            return cls(_random_model(preset_if_random), None, preset_if_random, version, True, decision)
+            model = _random_model(preset_if_random)
+            return cls(model, None, preset_if_random, version, True, decision, CropGeometry())
         model, metadata = load_weights(weights, device)
         decision = Decision.from_calibration(metadata.calibration)
-        return cls(model, weights, preset_if_random, metadata.model_version, False, decision)
+        return cls(model, weights, preset_if_random, metadata.model_version, False, decision, metadata.crop)
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,8 @@ class Scanner:
         self.weights_random = loaded.weights_random
         self.decision = loaded.decision
         self.image_size = loaded.model.config.image_size
+        # Crops are cut as the weights were trained on, unless the options ask for a margin.
+        self.crop = loaded.crop if options.margin is None else CropGeometry(margin=options.margin, square=True)
         self.detector = detector
         self.engine = engine.engine
         self.sampling = Sampling(
@@ -397,7 +401,8 @@ class Scanner:
             torch.tensor(positions, dtype=torch.int64),
             torch.cat(boxes).cpu() if boxes else torch.zeros((0, 4)),
             self.image_size,
-            self.options.margin,
+            self.crop.margin,
+            self.crop.square,
         )
         _synchronize(self.device)
         state.timings.crop_s += time.perf_counter() - cropping

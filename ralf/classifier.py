@@ -6,8 +6,19 @@ from torch import Tensor, nn
 
 from ralf.attention import DestructionGuidance
 from ralf.config import ClassifierConfig
+from ralf.mobilenet import MobileNetV2
 from ralf.resnet import ResNet
 from ralf.xception import Xception
+
+Backbone = Xception | ResNet | MobileNetV2
+
+
+def build_backbone(config: ClassifierConfig, in_channels: int = 3) -> Backbone:
+    if config.backbone == "xception":
+        return Xception(config, in_channels)
+    if config.backbone == "mobilenet_v2":
+        return MobileNetV2(config, in_channels)
+    return ResNet(config, in_channels)
 
 
 class Classifier(nn.Module):
@@ -17,9 +28,7 @@ class Classifier(nn.Module):
     def __init__(self, config: ClassifierConfig, in_channels: int = 3) -> None:
         super().__init__()
         self.pool = config.pool
-        self.backbone: Xception | ResNet = (
-            Xception(config, in_channels) if config.backbone == "xception" else ResNet(config, in_channels)
-        )
+        self.backbone = build_backbone(config, in_channels)
         self.guidance: DestructionGuidance | None = None
         if config.destruction_guidance:
             self.guidance = DestructionGuidance(

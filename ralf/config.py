@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Backbone = Literal["xception", "resnet18", "resnet50"]
+Backbone = Literal["xception", "resnet18", "resnet50", "mobilenet_v2"]
 Pooling = Literal["max", "avg"]
 
 
@@ -31,7 +31,7 @@ class ClassifierConfig(BaseModel):
 
     backbone: Backbone = "xception"
     pool: Pooling = "max"
-    # Multiplies every Xception width (1.0 = the 20.8M-parameter ImageNet network).
+    # Multiplies every Xception / MobileNetV2 width (1.0 = the ImageNet network; ResNets ignore it).
     width: float = Field(1.0, gt=0.0, le=1.0)
     # Xception's middle flow repeats this many blocks (8 in Chollet's network).
     middle_blocks: int = Field(8, ge=1)
@@ -85,8 +85,21 @@ class RALFConfig(BaseModel):
         return cls.model_validate(_deep_merge(base, overrides))
 
     @classmethod
+    def lite(cls, **overrides: object) -> "RALFConfig":
+        """CPU-sized RALF: 128x128 faces, MIMO-UNet 16/32/64 with 2 blocks, ImageNet MobileNetV2
+        classifier. Same topology and joint loss as `paper`; trains and serves on a 2-core CPU."""
+        base = {
+            "preset": "lite",
+            "image_size": 128,
+            "reconstructor": {"base_channels": 16, "num_res_blocks": 2},
+            "classifier": {"backbone": "mobilenet_v2"},
+            "discriminator": {"base_channels": 16, "max_channels": 128},
+        }
+        return cls.model_validate(_deep_merge(base, overrides))
+
+    @classmethod
     def from_preset(cls, name: str, **overrides: object) -> "RALFConfig":
-        presets = {"paper": cls.paper, "tiny": cls.tiny}
+        presets = {"paper": cls.paper, "lite": cls.lite, "tiny": cls.tiny}
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
         return presets[name](**overrides)

@@ -52,6 +52,17 @@ class Calibration(BaseModel):
     num_fake: int = Field(ge=0)
 
 
+class CropGeometry(BaseModel):
+    """How the training face crops were cut, so that serving cuts them the same way: a square around
+    the detector box's longer side grown by `margin` (the scanner's default), or the box grown by
+    `margin` and stretched to a square (`square=False`, the authors' reference code: margin 0)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    margin: float = Field(0.3, ge=0)
+    square: bool = True
+
+
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -70,6 +81,7 @@ class WeightsMetadata(BaseModel):
     source: str | None = None  # e.g. "imported from the authors' reference checkpoint <sha256>"
     training: dict[str, Any] = Field(default_factory=dict)  # free JSON: steps, best validation AUC, ...
     calibration: Calibration | None = None
+    crop: CropGeometry = CropGeometry()
     created: str = Field(default_factory=_now_iso)
 
 

@@ -199,7 +199,8 @@ def test_balanced_plan_is_balanced_deterministic_and_rank_disjoint() -> None:
         seen_fake += [i for i, _ in batch if is_fake[i]]
     assert len(set(seen_fake)) == 9  # one epoch covers the larger class once
     again = data.BalancedBatchPlan(is_fake, batch_size=4, seed=7)
-    assert list(again.steps(3, 9)) == [plan.batch(*plan.position(s)) for s in range(3, 9)]
+    expected = [[(i, f, s) for i, f in plan.batch(*plan.position(s))] for s in range(3, 9)]
+    assert list(again.steps(3, 9)) == expected
     flips = [f for s in range(50) for _, f in plan.batch(*plan.position(s))]
     assert 0.3 < np.mean(flips) < 0.7
     ranks = [data.BalancedBatchPlan(is_fake, 4, seed=7, rank=r, world_size=2) for r in range(2)]

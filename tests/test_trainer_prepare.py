@@ -114,6 +114,6 @@ def test_main_face_is_the_largest_confident_one() -> None:
         boxes=torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 50.0, 50.0], [0.0, 0.0, 90.0, 90.0]]),
         scores=torch.tensor([0.99, 0.95, 0.5]),
     )
-    box, score = main_face(detections, min_score=0.9)
+    box, score, _ = main_face(detections, min_score=0.9)
     assert box.tolist() == [0.0, 0.0, 50.0, 50.0] and score == pytest.approx(0.95)
     assert main_face(detections, min_score=0.999) is None

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch.utils.data import Dataset
 
 from trainer.layouts import IMAGE_SUFFIXES, DatasetLayoutError, Split, read_folder
+from trainer.sbi import SelfBlendConfig, default_landmarks, jpeg_compress, self_blend
 
 INDEX_FILE = "index.jsonl"
 
@@ -37,6 +38,8 @@ class CropRow(BaseModel):
     split: Split | None = None
     box: tuple[float, float, float, float] | None = None
     score: float | None = None
+    # The detector's 5 points (eyes, nose, mouth corners) in the saved crop's pixels.
+    landmarks: list[tuple[float, float]] | None = Field(None, min_length=5, max_length=5)
     source: str = ""
 
 
@@ -48,6 +51,9 @@ class CropRecord:
     frame_index: int
     is_fake: bool
     split: Split | None
+    landmarks: tuple[tuple[float, float], ...] | None = None  # 5 points in the crop's pixels
+    # A pseudo-fake made on the fly by self-blending the real crop at `path` (trainer.sbi).
+    self_blend: bool = False
 
 
 def load_crop_records(data: Path) -> list[CropRecord]:
@@ -82,6 +88,7 @@ def _records_from_index(index: Path) -> list[CropRecord]:
                     frame_index=row.frame_index,
                     is_fake=row.label == "fake",
                     split=row.split,
+                    landmarks=tuple(row.landmarks) if row.landmarks is not None else None,
                 )
             )
     return records
@@ -149,6 +156,23 @@ def select_split(records: Sequence[CropRecord], split: Split) -> list[CropRecord
     return [r for r in records if r.split == split]
 
 
+def with_fake_source(records: Sequence[CropRecord], fakes: str) -> list[CropRecord]:
+    """The records a run trains or validates on for a fake source (`TrainConfig.fakes`).
+
+    "data": as they are. "sbi": the reals plus one self-blended twin of each (the data's own fakes
+    are left out). "data+sbi": everything plus the twins. A twin keeps its real's group, so a person
+    never lands on both sides of a split, and gets a video id of its own for video-level metrics.
+    """
+    if fakes == "data":
+        return list(records)
+    if fakes not in ("sbi", "data+sbi"):
+        raise ValueError(f"unknown fake source {fakes!r}; choose data, sbi or data+sbi")
+    reals = [r for r in records if not r.is_fake]
+    kept = reals if fakes == "sbi" else list(records)
+    twins = [replace(r, video_id=f"{r.video_id}#sbi", is_fake=True, self_blend=True) for r in reals]
+    return kept + twins
+
+
 def require_both_classes(records: Sequence[CropRecord], what: str) -> None:
     """Raise DatasetLayoutError unless `records` hold real and fake crops."""
     if not records:
@@ -187,8 +211,13 @@ def to_model_input(image: np.ndarray, size: int) -> torch.Tensor:
 
 
 class FaceCropDataset(Dataset):
-    """Crops as model inputs. Keys are an index or (index, flip); returns (image, is_fake, index).
+    """Crops as model inputs. Keys are an index, (index, flip) or (index, flip, draw); returns
+    (image, is_fake, index).
 
+    With `self_blend` set, records marked `self_blend` become pseudo-fakes of their real crop and
+    every image (both classes) then gets the configured compression, all drawn from
+    (seed, draw, index): a training run passes its step as `draw`, so each epoch sees new fakes
+    and a resumed run the same ones; validation uses draw 0, the same fakes at every validation.
     `distortion` (uint8 RGB -> uint8 RGB) is applied at the stored resolution, before resizing.
     """
 
@@ -197,21 +226,38 @@ class FaceCropDataset(Dataset):
         records: Sequence[CropRecord],
         image_size: int,
         distortion: Callable[[np.ndarray], np.ndarray] | None = None,
+        self_blend: SelfBlendConfig | None = None,
+        seed: int = 0,
     ) -> None:
         self.records = list(records)
         self.image_size = image_size
         self.distortion = distortion
+        self.self_blend = self_blend
+        self.seed = seed
+        if self_blend is None and any(r.self_blend for r in self.records):
+            raise ValueError("records include self-blended pseudo-fakes but no self-blend configuration was given")
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, key: int | tuple[int, bool]) -> tuple[torch.Tensor, float, int] | UnreadableImage:
-        index, flip = key if isinstance(key, tuple) else (key, False)
+    def _blend(self, image: np.ndarray, record: CropRecord, index: int, draw: int) -> np.ndarray:
+        assert self.self_blend is not None
+        rng = np.random.default_rng([self.seed, draw, index])
+        if record.self_blend:
+            height, width = image.shape[:2]
+            landmarks = np.asarray(record.landmarks, np.float64) if record.landmarks else default_landmarks(height, width)
+            image = self_blend(image, landmarks, rng, self.self_blend).fake
+        return jpeg_compress(image, rng, self.self_blend)
+
+    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[torch.Tensor, float, int] | UnreadableImage:
+        index, flip, draw = (*key, 0)[:3] if isinstance(key, tuple) else (key, False, 0)
         record = self.records[index]
         try:
             image = read_rgb(record.path)
         except ImageReadError as error:
             return UnreadableImage(str(error))
+        if self.self_blend is not None:
+            image = self._blend(image, record, index, draw)
         if self.distortion is not None:
             image = self.distortion(image)
         tensor = to_model_input(image, self.image_size)
@@ -307,7 +353,7 @@ class BalancedBatchPlan:
 
 
 class PlannedBatches:
-    """Batches for steps [start, stop) as a DataLoader `batch_sampler`."""
+    """Batches for steps [start, stop) as a DataLoader `batch_sampler`: keys (index, flip, step)."""
 
     def __init__(self, plan: BalancedBatchPlan, start: int, stop: int) -> None:
         self.plan, self.start, self.stop = plan, start, stop
@@ -315,9 +361,9 @@ class PlannedBatches:
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 
-    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, bool, int]]]:
         for step in range(self.start, self.stop):
-            yield self.plan.batch(*self.plan.position(step))
+            yield [(index, flip, step) for index, flip in self.plan.batch(*self.plan.position(step))]
 
 
 def write_index_rows(path: Path, rows: Sequence[CropRow]) -> None:

@@ -28,9 +28,12 @@ from trainer.data import (
     load_crop_records,
     require_both_classes,
     unwrap_batch,
+    with_fake_source,
 )
 from trainer.distortions import get_distortion
+from trainer.groups import GroupRate, group_labels, rates_by_group
 from trainer.metrics import DetectionMetrics, detection_metrics, roc_curve
+from trainer.sbi import SelfBlendConfig
 
 SplitChoice = Literal["auto", "train", "val", "test", "all"]
 
@@ -111,6 +114,7 @@ class EvaluationReport:
     aggregation: str
     clean: EvaluationPass
     distorted: EvaluationPass | None
+    groups: list[GroupRate] | None = None  # error rates per group of people (clean pass)
 
     def auc_drop(self) -> dict[str, float | None] | None:
         """Distorted minus clean AUC per level (negative = worse), as the paper's Table 3 reports."""
@@ -133,6 +137,7 @@ class EvaluationReport:
             "clean": self.clean.as_dict(),
             "distorted": self.distorted.as_dict() if self.distorted else None,
             "auc_drop": self.auc_drop(),
+            "groups": [g.as_dict() for g in self.groups] if self.groups is not None else None,
         }
 
 
@@ -176,8 +181,16 @@ def evaluate(
     num_workers: int = 0,
     threshold: float | None = None,
     progress: bool = True,
+    fakes: str = "data",
+    groups: str | None = None,
+    seed: int = 0,
 ) -> EvaluationReport:
-    """Score every crop of `data` (a prepared folder or a crop folder layout) with `weights`."""
+    """Score every crop of `data` (a prepared folder or a crop folder layout) with `weights`.
+
+    `fakes` as in training ("sbi": every real crop also gets a self-blended twin, fixed by `seed`),
+    so held-back real faces alone can be evaluated; `groups` ("utkface" or a CSV file) adds error
+    rates per group of people at the threshold.
+    """
     distort = get_distortion(distortion) if distortion is not None else None  # bad name fails before loading
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -185,7 +198,10 @@ def evaluate(
         raise ValueError(f"--device {device} requested but CUDA is not available")
     target = torch.device(device)
     model, metadata = load_weights(weights, target)
+    labels_of = group_labels(groups) if groups is not None else None  # a bad --groups fails before scoring
     records, split_name = choose_split(load_crop_records(data), split, metadata.training)
+    records = with_fake_source(records, fakes)
+    blend = SelfBlendConfig.model_validate((metadata.training.get("train_config") or {}).get("sbi") or {})
     require_both_classes(records, f"evaluation ({split_name})")
     if threshold is None:
         calibration = metadata.calibration
@@ -194,7 +210,9 @@ def evaluate(
     labels = np.array([r.is_fake for r in records], dtype=bool)
 
     def run(transform: Callable[[np.ndarray], np.ndarray] | None, name: str | None) -> EvaluationPass:
-        dataset = FaceCropDataset(records, model.config.image_size, distortion=transform)
+        dataset = FaceCropDataset(
+            records, model.config.image_size, distortion=transform, self_blend=blend if fakes != "data" else None, seed=seed
+        )
         frame_scores = predict_probabilities(
             model, dataset, target, batch_size, num_workers, progress=progress, description=name or "clean"
         )
@@ -203,6 +221,7 @@ def evaluate(
 
     clean = run(None, None)
     distorted = run(distort, distortion) if distort is not None else None
+    rates = rates_by_group(records, clean.frame.scores, threshold, labels_of) if labels_of is not None else None
     return EvaluationReport(
         weights=Path(weights),
         model_version=metadata.model_version,
@@ -212,6 +231,7 @@ def evaluate(
         aggregation=aggregation,
         clean=clean,
         distorted=distorted,
+        groups=rates,
     )
 
 

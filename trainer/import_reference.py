@@ -33,7 +33,7 @@ from torch import Tensor
 from ralf.config import RALFConfig
 from ralf.model import LABEL_CONVENTION, RALF
 from ralf.pretrained import file_sha256
-from ralf.weights import WeightsMetadata, save_weights
+from ralf.weights import CropGeometry, WeightsMetadata, save_weights
 
 REFERENCE_REPOSITORY = "zqyuan-tw/RALF"
 REFERENCE_LABEL_CONVENTION = "sigmoid(logit) = P(real)"
@@ -430,6 +430,8 @@ def import_reference(
         label_convention=LABEL_CONVENTION,
         source=report.source,
         training={"reference_import": report.model_dump()},
+        # The authors cut tight MTCNN boxes and resized them to 256x256 without keeping the aspect.
+        crop=CropGeometry(margin=0.0, square=False),
     )
     return model.eval(), metadata, report
 

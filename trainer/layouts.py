@@ -8,20 +8,26 @@
 - celebdf: Celeb-DF's `List_of_testing_videos.txt`, lines "<label> <path>" where 1 = REAL there.
 - dfdc: DFDC `metadata.json` files ({"x.mp4": {"label": "FAKE" | "REAL", ...}}), at the root or in
   one level of part folders.
+- reals: every video file and still image below ROOT (any depth) is one REAL item, for training on
+  real faces with self-blended pseudo-fakes. Items of one person share a group (MEAD-style person
+  ids such as `M030_`/`W009_` in the name; otherwise each file is its own person), and a fixed share
+  of the groups, chosen by a hash of the group id, is held back as the `test` split.
 
 Every problem with a layout raises `DatasetLayoutError` naming the file or folder at fault.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[str, ...] = get_args(Split)
-LayoutName = Literal["folder", "ffpp", "celebdf", "dfdc"]
+LayoutName = Literal["folder", "ffpp", "celebdf", "dfdc", "reals"]
 LAYOUTS: tuple[str, ...] = get_args(LayoutName)
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
@@ -58,7 +64,7 @@ class VideoEntry:
 
 def read_layout(name: str, root: Path, **options: object) -> list[VideoEntry]:
     """Entries of the dataset at `root` read with layout `name` (see the module docstring)."""
-    readers = {"folder": read_folder, "ffpp": read_ffpp, "celebdf": read_celebdf, "dfdc": read_dfdc}
+    readers = {"folder": read_folder, "ffpp": read_ffpp, "celebdf": read_celebdf, "dfdc": read_dfdc, "reals": read_reals}
     if name not in readers:
         raise DatasetLayoutError(f"unknown layout {name!r}; choose one of {list(LAYOUTS)}")
     root = Path(root)
@@ -238,4 +244,44 @@ def read_dfdc(root: Path) -> list[VideoEntry]:
                     source="dfdc" if is_fake else "real",
                 )
             )
+    return entries
+
+
+# A person id inside a file name: MEAD's M030 / W009 (several clips of one person).
+_PERSON_ID = re.compile(r"(?:^|_)([MW]\d{3})_")
+
+
+def person_group(relative: Path) -> str:
+    """The group of a real item: its person id when the name carries one, else the file itself."""
+    found = _PERSON_ID.search(relative.name)
+    parent = relative.parent.as_posix()
+    return f"{parent}/{found.group(1)}" if found else relative.with_suffix("").as_posix()
+
+
+def held_out(group_id: str, share: float) -> bool:
+    """Deterministic pick of `share` of the groups (sha256 of the id, independent of any seed)."""
+    value = int.from_bytes(hashlib.sha256(group_id.encode()).digest()[:8], "big") / 2**64
+    return value < share
+
+
+def read_reals(root: Path, holdout: float = 0.15) -> list[VideoEntry]:
+    """Every video and still image below `root` as a real item; `holdout` of the groups as `test`."""
+    if not 0 <= holdout < 1:
+        raise DatasetLayoutError(f"holdout must be in [0, 1), got {holdout}")
+    entries = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        if path.suffix.lower() not in VIDEO_SUFFIXES | IMAGE_SUFFIXES:
+            continue
+        relative = path.relative_to(root)
+        group = person_group(relative)
+        entries.append(
+            VideoEntry(
+                path=path,
+                video_id=relative.as_posix(),
+                group_id=group,
+                is_fake=False,
+                split="test" if held_out(group, holdout) else "train",
+                source="real",
+            )
+        )
     return entries

@@ -15,7 +15,7 @@ import os
 import random
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,11 +32,12 @@ from tqdm import tqdm
 
 from ralf.discriminator import Discriminator
 from ralf.losses.contrastive import VGG19Features
+from ralf.losses.mobilenet_features import MobileNetV2Features
 from ralf.losses.embedding import CenterTracker
 from ralf.losses.objective import LossTerms, RALFObjective, alpha_at
 from ralf.model import RALF, RALFOutput
-from ralf.pretrained import load_xception_imagenet
-from ralf.weights import WeightsMetadata, save_weights
+from ralf.pretrained_torchvision import load_backbone_imagenet
+from ralf.weights import CropGeometry, WeightsMetadata, save_weights
 from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig
 from trainer.data import (
@@ -50,8 +51,10 @@ from trainer.data import (
     require_both_classes,
     select_split,
     unwrap_batch,
+    with_fake_source,
 )
 from trainer.evaluate import predict_probabilities, video_level
+from trainer.prepare import read_prepare_options
 from trainer.metrics import detection_metrics
 
 DEFAULT_EPOCHS = 100
@@ -90,6 +93,7 @@ class TrainResult:
     last_weights: Path
     log_path: Path
     seconds: float
+    stopped: str = "steps"  # "steps" | "stop_at" | "patience" | "time"
 
 
 def setup_runtime(config: TrainConfig) -> Runtime:
@@ -150,6 +154,19 @@ class DiscriminatorStep(nn.Module):
         return self._objective[0].discriminator_loss(self.discriminator, x, reconstruction, is_fake)
 
 
+def crop_geometry(folders: Sequence[Path]) -> CropGeometry:
+    """How the training crops were cut (`ralf-cli prepare` records it); folders must agree. Crop
+    folders made otherwise are taken to follow the scanner's default geometry."""
+    found = {}
+    for folder in folders:
+        options = read_prepare_options(folder)
+        geometry = CropGeometry() if options is None else CropGeometry(margin=options.margin, square=options.square)
+        found[str(folder)] = geometry
+    if len(set(found.values())) > 1:
+        raise TrainingError(f"the data folders were cut with different crop geometries: {found}")
+    return next(iter(found.values()))
+
+
 def data_fingerprint(records: list[CropRecord]) -> str:
     """Identity of the training data (paths, labels, splits) so a resume on other data is refused."""
     digest = hashlib.sha256()
@@ -162,10 +179,16 @@ class Trainer:
     """One training run writing into `out_dir`; `run()` trains to the configured number of steps."""
 
     def __init__(
-        self, config: TrainConfig, data_dir: Path, out_dir: Path, *, resume: bool = False, progress: bool = True
+        self,
+        config: TrainConfig,
+        data_dir: Path | Sequence[Path],
+        out_dir: Path,
+        *,
+        resume: bool = False,
+        progress: bool = True,
     ) -> None:
         self.config = config
-        self.data_dir = Path(data_dir)
+        self.data_dirs = [Path(data_dir)] if isinstance(data_dir, (str, Path)) else [Path(d) for d in data_dir]
         self.out_dir = Path(out_dir)
         self.progress = progress
         self.runtime = setup_runtime(config)
@@ -191,9 +214,12 @@ class Trainer:
 
     def _load_data(self) -> None:
         cfg = self.config
-        records = ensure_validation(load_crop_records(self.data_dir), cfg.val_fraction, cfg.seed)
-        self.train_records = select_split(records, "train")
-        self.val_records = select_split(records, "val")
+        loaded = [record for folder in self.data_dirs for record in load_crop_records(folder)]
+        self.crop = crop_geometry(self.data_dirs)
+        records = ensure_validation(loaded, cfg.val_fraction, cfg.seed)
+        self.train_records = with_fake_source(select_split(records, "train"), cfg.fakes)
+        self.val_records = with_fake_source(select_split(records, "val"), cfg.fakes)
+        self.self_blend = cfg.sbi if cfg.fakes != "data" else None
         require_both_classes(self.train_records, "training")
         require_both_classes(self.val_records, "validation")
         self.fingerprint = data_fingerprint(self.train_records + self.val_records)
@@ -216,11 +242,15 @@ class Trainer:
         network = cfg.network_config()
         self.model = RALF(network)
         self.pretrained = {"classifier": "random-init", "vgg19": "unused"}
-        if cfg.xception_weights is not None:
-            self.pretrained["classifier"] = load_xception_imagenet(self.model, cfg.xception_weights)
+        if cfg.backbone_weights is not None:
+            self.pretrained["classifier"] = load_backbone_imagenet(self.model, cfg.backbone_weights)
         self.discriminator = Discriminator(network.discriminator, network.image_size)
-        vgg = None
-        if cfg.loss.use_con:
+        vgg: VGG19Features | MobileNetV2Features | None = None
+        if cfg.loss.use_con and cfg.con_network == "mobilenet_v2":
+            assert cfg.con_weights is not None  # TrainConfig checks it
+            vgg = MobileNetV2Features(cfg.con_weights)
+            self.pretrained["con_features"] = f"mobilenet_v2 {vgg.source}"
+        elif cfg.loss.use_con:
             vgg = VGG19Features(cfg.vgg19_weights, allow_random=cfg.allow_random_vgg)
             self.pretrained["vgg19"] = vgg.source
         self.objective = RALFObjective(cfg.loss, network.image_size, vgg)
@@ -321,10 +351,13 @@ class Trainer:
             "total_steps": self.total_steps,
             "val_auc": val_auc,
             "best_val_auc": self.best_auc,
-            "data": str(self.data_dir),
+            "data": [str(d) for d in self.data_dirs],
+            "data_fingerprint": self.fingerprint,
             "train_config": self.config.model_dump(mode="json"),
         }
-        metadata = WeightsMetadata(config=self.model.config, pretrained=self.pretrained, training=training)
+        metadata = WeightsMetadata(
+            config=self.model.config, pretrained=self.pretrained, training=training, crop=self.crop
+        )
         save_weights(path, self.model, metadata)
 
     # -------------------------------------------------------------- training
@@ -370,7 +403,7 @@ class Trainer:
         tracker.reset()
 
     def _loader(self, start: int, stop: int) -> DataLoader:
-        dataset = FaceCropDataset(self.train_records, self.image_size)
+        dataset = FaceCropDataset(self.train_records, self.image_size, self_blend=self.self_blend, seed=self.config.seed)
         return DataLoader(
             dataset,
             batch_sampler=self.plan.steps(start, stop),
@@ -402,6 +435,8 @@ class Trainer:
         window_start = time.perf_counter()
         postfix: dict[str, str] = {}
         batches: Iterator[Any] = iter(self._loader(self.step, stop))
+        budget = None if self.config.max_minutes is None else started + 60.0 * self.config.max_minutes
+        stopped = "stop_at" if stop < self.total_steps else "steps"
         while self.step < stop:
             batch = unwrap_batch(next(batches))
             for name, value in self._train_step(batch).items():
@@ -410,9 +445,11 @@ class Trainer:
             bar.update(1)
             if self.step % self.center_every == 0:
                 self._update_center()
-            final = self.step == self.total_steps
+            out_of_time = budget is not None and time.perf_counter() >= budget
+            final = self.step == self.total_steps or out_of_time
             # An early stop (stop_at) logs and checkpoints but does not validate: the choice of
-            # best weights stays what an uninterrupted run would make.
+            # best weights stays what an uninterrupted run would make. Running out of time (or of
+            # patience) ends the run: that validates, like the last step.
             stopping = final or self.step == stop
             if self.step % self.config.log_every == 0 or stopping:
                 record = self._train_record(window, time.perf_counter() - window_start)
@@ -428,8 +465,15 @@ class Trainer:
                     log.write(val)
                     postfix["val_auc"] = f"{val['frame']['auc']:.4f}"
                     bar.set_postfix(postfix)
+                if self._out_of_patience():
+                    stopping = True
+                    stopped = "patience"
+            if out_of_time and stopped != "patience":
+                stopped = "time"
             if self.step % self.config.checkpoint_every == 0 or stopping:
                 self._save()
+            if stopping:
+                break
         bar.close()
         if self.runtime.distributed:
             dist.barrier()
@@ -442,7 +486,22 @@ class Trainer:
             last_weights=self.out_dir / LAST_WEIGHTS,
             log_path=self.out_dir / LOG_FILE,
             seconds=time.perf_counter() - started,
+            stopped=stopped,
         )
+
+    def _out_of_patience(self) -> bool:
+        """True when the last `patience` validations brought no better AUC (same on every rank)."""
+        patience = self.config.patience
+        if patience is None:
+            return False
+        best_step = self.best_step if self.runtime.is_main else None
+        if self.runtime.distributed:
+            shared = [best_step]
+            dist.broadcast_object_list(shared, src=0)
+            best_step = shared[0]
+        if best_step is None:
+            return False
+        return self.step - best_step >= patience * self.config.val_every
 
     def _train_record(self, window: dict[str, list[float]], seconds: float) -> dict[str, Any]:
         steps = max(len(window.get("total", [])), 1)
@@ -472,7 +531,7 @@ class Trainer:
         try:
             probabilities = predict_probabilities(
                 self.model,
-                FaceCropDataset(self.val_records, self.image_size),
+                FaceCropDataset(self.val_records, self.image_size, self_blend=self.self_blend, seed=self.config.seed),
                 self.runtime.device,
                 batch_size=self.config.batch_size * 2,
                 num_workers=self.config.num_workers,
@@ -522,7 +581,7 @@ def _line_step(line: str) -> float:
 
 def train(
     config: TrainConfig,
-    data_dir: Path,
+    data_dir: Path | Sequence[Path],
     out_dir: Path,
     *,
     resume: bool = False,

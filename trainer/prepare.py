@@ -1,9 +1,12 @@
 """`ralf-cli prepare`: face crops for training from a dataset of videos (or of frame folders).
 
 For every video: N frames evenly over its whole length (fewer when it has fewer), MTCNN, the largest
-face scoring >= min_score per frame, a square crop with margin resized to the model size, saved as PNG.
+face scoring >= min_score per frame, cut with the scanner's own crop function and geometry (square
+box with margin, resized to the model size), saved as PNG. A still image is one frame; it is
+reflect-padded first, so that tight face chips (UTKFace) get the scanner's framing around the face.
 OUT gets `crops/`, `index.jsonl` (one row per crop: path, video id, group, frame index, label,
-split, box, detector score) and `videos.jsonl` (one row per video: ok / no_face / error, counts).
+split, box, detector score, the 5 landmarks in crop pixels) and `videos.jsonl` (one row per video:
+ok / no_face / error, counts).
 A re-run skips videos already in videos.jsonl; crops of a video interrupted half-way are redone.
 """
 
@@ -20,17 +23,18 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from pipeline.crops import crop_faces
+from pipeline.crops import crop_faces, landmarks_in_crops
 from pipeline.decode import Sampling, VideoDecodeError, open_video
 from pipeline.faces import Detections, FaceDetector, build_detector
 from trainer.data import INDEX_FILE, CropRow, ImageReadError, read_rgb, write_index_rows
 from trainer.layouts import IMAGE_SUFFIXES, VideoEntry, read_layout
 
 VIDEOS_FILE = "videos.jsonl"
+OPTIONS_FILE = "prepare.json"
 CROPS_DIR = "crops"
 VideoStatus = Literal["ok", "no_face", "error"]
 
@@ -40,8 +44,12 @@ class PrepareOptions(BaseModel):
 
     frames: int = Field(32, ge=1, description="Frames sampled evenly over each video")
     margin: float = Field(0.3, ge=0, description="Crop enlargement around the face box, fraction of its side")
+    square: bool = Field(True, description="Square crops around the longer box side (else the box, stretched)")
+    still_padding: float = Field(
+        0.25, ge=0, le=2, description="Reflect padding around a still image, fraction of its side per edge"
+    )
     size: int = Field(256, ge=8, description="Side of the saved square crops")
-    min_face_size: int = Field(20, ge=12, description="Smallest face side (pixels) MTCNN looks for")
+    min_face_size: int = Field(40, ge=12, description="Smallest face side (pixels) MTCNN looks for (as scan)")
     min_score: float = Field(0.9, ge=0, le=1, description="Faces scoring lower are ignored")
     device: str = "cpu"
     decoder: Literal["auto", "dali", "pyav"] = "auto"
@@ -91,8 +99,27 @@ def evenly_spaced(count: int, wanted: int) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, count - 1, wanted).round()})
 
 
+def padded_still(image: np.ndarray, padding: float) -> np.ndarray:
+    """A still padded by `padding` of its longer side on each edge, so a tight face chip (UTKFace)
+    gains the surroundings the detector and the scanner's crop margin expect. The border is the
+    image mirrored, then blurred: colours and brightness continue, but no mirrored eyes or chins."""
+    pad = int(round(padding * max(image.shape[:2])))
+    pad = min(pad, image.shape[0] - 1, image.shape[1] - 1)  # reflect padding cannot exceed the image
+    if pad <= 0:
+        return image
+    mirrored = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    blurred = np.asarray(Image.fromarray(mirrored).filter(ImageFilter.GaussianBlur(radius=max(pad / 3, 1))))
+    canvas = blurred.copy()
+    canvas[pad : pad + image.shape[0], pad : pad + image.shape[1]] = image
+    return canvas
+
+
 def frame_chunks(entry: VideoEntry, options: PrepareOptions) -> Iterator[SampledFrames]:
-    """Sampled frames of a video file, or of a folder of frame images, in bounded chunks."""
+    """Sampled frames of a video file, a still image, or a folder of frame images, in bounded chunks."""
+    if entry.path.is_file() and entry.path.suffix.lower() in IMAGE_SUFFIXES:
+        image = padded_still(read_rgb(entry.path), options.still_padding)
+        yield SampledFrames(torch.from_numpy(np.ascontiguousarray(image))[None], [0])
+        return
     if entry.path.is_dir():
         images = sorted(p for p in entry.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         chosen = evenly_spaced(len(images), options.frames)
@@ -132,8 +159,8 @@ def extract_video(
     return VideoRow(**base, status=status, frames=searched, crops=len(rows)), rows
 
 
-def main_face(detections: Detections, min_score: float) -> tuple[torch.Tensor, float] | None:
-    """(box, score) of the largest face scoring >= min_score, or None.
+def main_face(detections: Detections, min_score: float) -> tuple[torch.Tensor, float, torch.Tensor | None] | None:
+    """(box, score, landmarks (5, 2) or None) of the largest face scoring >= min_score, or None.
 
     One face per frame: a fake video's forged face is its main one, and other faces in the frame
     would carry the video's label without being forged.
@@ -144,7 +171,8 @@ def main_face(detections: Detections, min_score: float) -> tuple[torch.Tensor, f
     boxes, scores = detections.boxes[keep].float().cpu(), detections.scores[keep].float().cpu()
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     largest = int(areas.argmax())
-    return boxes[largest], float(scores[largest])
+    landmarks = None if detections.landmarks is None else detections.landmarks[keep].float().cpu()[largest]
+    return boxes[largest], float(scores[largest]), landmarks
 
 
 def _crop_chunk(
@@ -155,11 +183,15 @@ def _crop_chunk(
     if not found:
         return []
     positions = torch.tensor([p for p, _ in found])
-    boxes = torch.stack([box for _, (box, _) in found])
-    crops = crop_faces(chunk.frames.cpu(), positions, boxes, options.size, options.margin)
+    boxes = torch.stack([main[0] for _, main in found])
+    crops = crop_faces(chunk.frames.cpu(), positions, boxes, options.size, options.margin, options.square)
     pixels = (crops.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     rows = []
-    for (position, (box, score)), image in zip(found, pixels):
+    for (position, (box, score, landmarks)), image in zip(found, pixels):
+        in_crop = None
+        if landmarks is not None:
+            mapped = landmarks_in_crops(landmarks[None], box[None], options.size, options.margin, options.square)[0]
+            in_crop = [(round(float(x), 2), round(float(y), 2)) for x, y in mapped.tolist()]
         frame_index = chunk.indices[position]
         relative = folder / f"f{frame_index:06d}.png"
         Image.fromarray(image).save(out / relative)
@@ -173,10 +205,37 @@ def _crop_chunk(
                 split=entry.split,
                 box=tuple(float(v) for v in box.tolist()),
                 score=score,
+                landmarks=in_crop,
                 source=entry.source,
             )
         )
     return rows
+
+
+def _record_options(out: Path, options: PrepareOptions) -> None:
+    """OUT/prepare.json: how the crops were cut (the trainer copies the geometry into the weights).
+    A re-run into the same folder must cut the same way, or the crops would mix two geometries."""
+    path = out / OPTIONS_FILE
+    if path.is_file():
+        before = read_prepare_options(out)
+        if before is not None and _geometry(before) != _geometry(options):
+            raise ValueError(
+                f"{out} holds crops cut with {_geometry(before)}; this run asks for {_geometry(options)}: "
+                "use another output folder"
+            )
+    path.write_text(options.model_dump_json(indent=1), encoding="utf-8")
+
+
+def _geometry(options: PrepareOptions) -> dict[str, object]:
+    return {"margin": options.margin, "square": options.square, "size": options.size}
+
+
+def read_prepare_options(folder: Path) -> PrepareOptions | None:
+    """The options a prepared folder was cut with (None for folders made otherwise)."""
+    path = Path(folder) / OPTIONS_FILE
+    if not path.is_file():
+        return None
+    return PrepareOptions.model_validate_json(path.read_text(encoding="utf-8"))
 
 
 def finished_videos(out: Path) -> set[str]:
@@ -211,6 +270,7 @@ def prepare(
     entries = read_layout(layout, Path(source), **(layout_options or {}))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _record_options(out, options)
     (out / INDEX_FILE).touch()  # an all-no-face run still leaves an index that says so
     done = finished_videos(out)
     todo = [e for e in entries if e.video_id not in done]

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from ralf.dct import dct_matrix
 from ralf.losses.adversarial import adversarial_loss_from_logits, discriminator_loss_from_logits
 from ralf.losses.classification import BCEReduction, classification_loss
+from ralf.losses.mobilenet_features import MobileNetV2Features
 from ralf.losses.contrastive import DEFAULT_LAYER_WEIGHTS, VGG19Features, contrastive_loss
 from ralf.losses.embedding import embedding_loss, validate_radii
 from ralf.losses.frequency import FrequencyDistance, band_weights, frequency_loss
@@ -109,7 +110,9 @@ class RALFObjective(nn.Module):
     Holds the band-weight matrix W (a buffer, moved with `.to(device)`) and the frozen VGG19 for L_con.
     """
 
-    def __init__(self, config: LossConfig, image_size: int, vgg: VGG19Features | None = None) -> None:
+    def __init__(
+        self, config: LossConfig, image_size: int, vgg: VGG19Features | MobileNetV2Features | None = None
+    ) -> None:
         super().__init__()
         if config.use_con and vgg is None:
             raise ValueError("use_con=True needs a VGG19Features extractor (or set use_con=False)")
