@@ -56,6 +56,7 @@ def prepare(
     size: Annotated[int, typer.Option(help="Side of the saved square crops (the model's input size)")] = 256,
     layout: Annotated[str, typer.Option(help="folder | ffpp | celebdf | dfdc | reals")] = "folder",
     holdout: Annotated[float, typer.Option(help="reals layout: share of people held back as the test split")] = 0.15,
+    subset: Annotated[int | None, typer.Option(help="reals layout: keep N items (smallest sha256 of the path)")] = None,
     still_padding: Annotated[float, typer.Option(help="Reflect padding around still images (fraction of side)")] = 0.25,
     stretch: Annotated[bool, typer.Option("--stretch", help="Cut the box stretched to a square, not a square box")] = False,
     compression: Annotated[str, typer.Option(help="FF++ quality folder: raw | c23 | c40")] = "c23",
@@ -77,7 +78,7 @@ def prepare(
         if splits_dir is not None:
             layout_options["splits_dir"] = splits_dir
     if layout == "reals":
-        layout_options = {"holdout": holdout}
+        layout_options = {"holdout": holdout, "subset": subset}
     try:
         options = PrepareOptions(
             frames=frames, margin=margin, square=not stretch, still_padding=still_padding, size=size,

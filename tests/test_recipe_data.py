@@ -48,6 +48,8 @@ def test_reals_layout_groups_people_and_holds_back_a_fixed_share(tmp_path: Path)
     assert held_out("x", 0.0) is False and held_out("x", 0.999999) is True
     # Deterministic: the same files give the same split in another run.
     assert [e.split for e in read_layout("reals", root, holdout=0.25)] == [e.split for e in entries]
+    sample = read_layout("reals", root, holdout=0.25, subset=50)
+    assert len(sample) == 50 and {e.video_id for e in sample} == {e.video_id for e in read_layout("reals", root, subset=50)}
 
 
 def test_padded_still_keeps_the_image_and_softens_the_border() -> None:

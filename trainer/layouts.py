@@ -264,14 +264,24 @@ def held_out(group_id: str, share: float) -> bool:
     return value < share
 
 
-def read_reals(root: Path, holdout: float = 0.15) -> list[VideoEntry]:
-    """Every video and still image below `root` as a real item; `holdout` of the groups as `test`."""
+def read_reals(root: Path, holdout: float = 0.15, subset: int | None = None) -> list[VideoEntry]:
+    """Every video and still image below `root` as a real item; `holdout` of the groups as `test`.
+
+    `subset` keeps that many items, the ones whose relative path has the smallest sha256: a fixed,
+    seed-free sample that anyone with the same files draws again.
+    """
     if not 0 <= holdout < 1:
         raise DatasetLayoutError(f"holdout must be in [0, 1), got {holdout}")
+    if subset is not None and subset < 1:
+        raise DatasetLayoutError(f"subset must be >= 1, got {subset}")
+    media = [
+        p for p in root.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in VIDEO_SUFFIXES | IMAGE_SUFFIXES
+    ]  # fmt: skip
+    if subset is not None:
+        media = sorted(media, key=lambda p: hashlib.sha256(p.relative_to(root).as_posix().encode()).hexdigest())[:subset]
     entries = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        if path.suffix.lower() not in VIDEO_SUFFIXES | IMAGE_SUFFIXES:
-            continue
+    for path in sorted(media):
         relative = path.relative_to(root)
         group = person_group(relative)
         entries.append(
