@@ -1,10 +1,12 @@
 """Recipe pilot: short training runs of each variant on the same data and budget, then AUCs.
 
     .venv/bin/python benchmarks/pilot.py --data crops_a/ --data crops_b/ \
-        --mobilenet mobilenet_v2-b0353104.pth --minutes 4 \
+        --mobilenet mobilenet_v2-b0353104.pth --steps 150 \
         --variants ralf-imagenet ralf-random ralf-imagenet-con plain-imagenet
 
-Variants (all with self-blended pseudo-fakes from the data's reals, JPEG on both classes):
+Every variant trains the same number of steps of the same batches (a fair budget on a shared
+machine, where wall time is not), all with self-blended pseudo-fakes from the data's reals and JPEG
+on both classes:
 - ralf-imagenet: the `lite` RALF, MobileNetV2 classifier from ImageNet, L_con off;
 - ralf-random: the same from random initialisation;
 - ralf-imagenet-con: ralf-imagenet plus L_con on frozen ImageNet MobileNetV2 features;
@@ -96,7 +98,7 @@ class PlainMobileNet(nn.Module):
         return self.fc(h.mean(dim=(2, 3))).squeeze(1)
 
 
-def train_plain(config: TrainConfig, data: list[Path], weights: Path, minutes: float) -> tuple[nn.Module, int]:
+def train_plain(config: TrainConfig, data: list[Path], weights: Path, steps: int) -> tuple[nn.Module, int]:
     records = ensure_validation([r for d in data for r in load_crop_records(d)], config.val_fraction, config.seed)
     train_records = with_fake_source(select_split(records, "train"), "sbi")
     plan = BalancedBatchPlan([r.is_fake for r in train_records], config.batch_size, config.seed)
@@ -105,14 +107,12 @@ def train_plain(config: TrainConfig, data: list[Path], weights: Path, minutes: f
                              collate_fn=collate_crops))  # fmt: skip
     model = PlainMobileNet(weights).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    deadline, steps = time.perf_counter() + 60 * minutes, 0
-    while time.perf_counter() < deadline:
+    for _ in range(steps):
         batch = unwrap_batch(next(loader))
         loss = nn.functional.binary_cross_entropy_with_logits(model(batch.images), batch.is_fake)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        steps += 1
     return model, steps
 
 
@@ -121,7 +121,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, action="append", required=True, help="prepared real crops (repeat)")
     parser.add_argument("--mobilenet", type=Path, required=True, help="torchvision mobilenet_v2 ImageNet .pth")
     parser.add_argument("--real-fakes", type=Path, default=None, help="folder with real/ and fake/ crops")
-    parser.add_argument("--minutes", type=float, default=4.0)
+    parser.add_argument("--steps", type=int, default=150, help="optimizer steps per variant")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--variants", nargs="+", default=["ralf-imagenet", "ralf-random", "ralf-imagenet-con", "plain-imagenet"])
     parser.add_argument("--seed", type=int, default=0)
@@ -131,8 +131,8 @@ def main() -> None:
     rows = []
     for variant in args.variants:
         base = dict(
-            preset="lite", fakes="sbi", batch_size=args.batch_size, seed=args.seed, num_workers=1, max_minutes=args.minutes,
-            val_every=10**6, log_every=25, checkpoint_every=10**6, epochs=1000,
+            preset="lite", fakes="sbi", batch_size=args.batch_size, seed=args.seed, num_workers=1, steps=args.steps,
+            val_every=10**6, log_every=25, checkpoint_every=10**6,
         )  # fmt: skip
         imagenet = "random" not in variant
         config = TrainConfig(
@@ -141,12 +141,12 @@ def main() -> None:
             allow_random_init=not imagenet,
             con_network="mobilenet_v2",
             con_weights=args.mobilenet,
-            loss={"use_con": variant.endswith("-con")},
+            loss={"use_con": variant.endswith("-con"), "alpha_ramp_steps": args.steps},
         )
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as run:
             if variant.startswith("plain"):
-                model, steps = train_plain(config, args.data, args.mobilenet, args.minutes)
+                model, steps = train_plain(config, args.data, args.mobilenet, args.steps)
             else:
                 result = train(config, args.data, Path(run), progress=False)
                 model, _ = load_weights(result.best_weights or result.last_weights)

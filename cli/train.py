@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -184,7 +186,10 @@ def train(
             config = _resumed_config(ctx, output, values)
         else:
             config = TrainConfig(**values, loss=loss)
-        result = run_training(config, [data, *(more_data or [])], output, resume=resume, progress=progress, stop_at=stop_at)
+        command = shlex.join(["ralf-cli", *sys.argv[1:]])
+        result = run_training(
+            config, [data, *(more_data or [])], output, resume=resume, progress=progress, stop_at=stop_at, command=command
+        )
     except ValidationError as error:
         fail(validation_message(error))
     except (TrainingError, *USER_ERRORS) as error:

@@ -186,8 +186,10 @@ class Trainer:
         *,
         resume: bool = False,
         progress: bool = True,
+        command: str | None = None,
     ) -> None:
         self.config = config
+        self.command = command
         self.data_dirs = [Path(data_dir)] if isinstance(data_dir, (str, Path)) else [Path(d) for d in data_dir]
         self.out_dir = Path(out_dir)
         self.progress = progress
@@ -351,6 +353,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "val_auc": val_auc,
             "best_val_auc": self.best_auc,
+            "command": self.command,
             "data": [str(d) for d in self.data_dirs],
             "data_fingerprint": self.fingerprint,
             "train_config": self.config.model_dump(mode="json"),
@@ -587,9 +590,11 @@ def train(
     resume: bool = False,
     progress: bool = True,
     stop_at: int | None = None,
+    command: str | None = None,
 ) -> TrainResult:
-    """Train RALF on the crops in `data_dir`, writing checkpoints, logs and weights into `out_dir`."""
-    trainer = Trainer(config, data_dir, out_dir, resume=resume, progress=progress)
+    """Train RALF on the crops in `data_dir`, writing checkpoints, logs and weights into `out_dir`.
+    `command` (the command line that started the run) is recorded in the weights' metadata."""
+    trainer = Trainer(config, data_dir, out_dir, resume=resume, progress=progress, command=command)
     try:
         return trainer.run(stop_at=stop_at)
     finally:
