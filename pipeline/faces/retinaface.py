@@ -224,6 +224,8 @@ def _onnx_session(onnx: bytes, runtime: str) -> Any:
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # Idle onnxruntime threads spin by default, taking the cores PyTorch needs for the next stages.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
 
 
