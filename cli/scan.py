@@ -222,7 +222,7 @@ def scan(
     decoder: Annotated[DecoderName | None, typer.Option(help="auto | dali | pyav [default: auto]")] = None,
     detector: Annotated[DetectorName | None, typer.Option(help="mtcnn | yolo [default: mtcnn]")] = None,
     yolo_weights: Annotated[Path | None, typer.Option(help="Local YOLO face weights (.pt) for --detector yolo")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Face crops per model forward [default: 32]")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Face crops per model forward [default: per device and model preset]")] = None,
     fps: Annotated[float | None, typer.Option(min=0.001, help="Sample this many frames per second [default: 2]")] = None,
     every_n: Annotated[int | None, typer.Option(min=1, help="Sample every n-th frame instead")] = None,
     max_frames: Annotated[int | None, typer.Option(min=1, help="Sample at most this many frames, evenly")] = None,

@@ -73,18 +73,52 @@ class EagerEngine:
         return torch.cat(outputs)
 
 
+# Face crops per forward when ScanOptions.batch_size is unset. A GPU wants large batches. On a CPU it
+# depends on the model: the paper preset costs more per face as the batch grows (0.96 s at batch 1,
+# 1.54 at 8, 1.83 at 32, eager, 2-core development CPU), while the small presets pay a fixed cost per
+# forward that batches amortise (CPU_BATCH_SIZE_MEASURED: RALF(preset) forwards at batches 1..32, best of 4 interleaved
+# rounds).
+GPU_BATCH_SIZE = 32
+CPU_BATCH_SIZE: dict[str, int] = {"tiny": 8, "lite": 16, "paper": 1}
+CPU_BATCH_SIZE_MEASURED = (
+    "ms per face, eager fp32, 2 cores shared with a training run (load average 8): "
+    "tiny b1 86 / b4 40 / b8 23 / b16 33 / b32 24; lite b1 307 / b4 227 / b8 204 / b16 92 / b32 142; "
+    "paper (issue 15, same CPU) b1 960 / b8 1540 / b32 1830"
+)
+
+
+def default_batch_size(config: object, device: torch.device | str) -> int:
+    """The batch size for a model `config` (a RALFConfig) on `device`: `GPU_BATCH_SIZE` on CUDA, else the
+    measured CPU size of its preset (presets not measured: by input size, 64 -> tiny, 128 -> lite, larger -> paper)."""
+    if torch.device(device).type == "cuda":
+        return GPU_BATCH_SIZE
+    preset = getattr(config, "preset", "")
+    if preset in CPU_BATCH_SIZE:
+        return CPU_BATCH_SIZE[preset]
+    size = int(getattr(config, "image_size", 256))
+    return CPU_BATCH_SIZE["tiny" if size <= 64 else "lite" if size <= 128 else "paper"]
+
+
+def resolved_batch_size(options: ScanOptions, config: object, device: torch.device | str) -> int:
+    """`options.batch_size` when set, else `default_batch_size`."""
+    return options.batch_size if options.batch_size is not None else default_batch_size(config, device)
+
+
 def load_engine(
     model: nn.Module, options: ScanOptions, weights_path: Path | None = None
 ) -> tuple[InferenceEngine, list[str]]:
     """The engine `options.engine` asks for, falling back to eager with a warning when it is unavailable.
 
     `weights_path` identifies the weights, so an engine that compiles ahead of time can cache its
-    build next to them. Returns the engine and the warnings a verdict should carry.
+    build next to them. Returns the engine and the warnings a verdict should carry. An unset batch
+    size becomes `default_batch_size` for the model and device.
     """
     from pipeline.compiled import load_compiled_engine  # imported here: pipeline.compiled imports this module
 
     device = torch.device(options.resolved_device())
+    batch_size = resolved_batch_size(options, getattr(model, "config", None), device)
+    options = options.model_copy(update={"batch_size": batch_size})
     compiled, warnings = load_compiled_engine(model, options, weights_path, device)
     if compiled is not None:
         return compiled, warnings
-    return EagerEngine(model, device, options.batch_size), warnings
+    return EagerEngine(model, device, batch_size), warnings

@@ -44,7 +44,9 @@ class ScanOptions(BaseModel):
     chunk_pixels: int = Field(
         32_000_000, ge=1, description="Cap on pixels per chunk: large frames get smaller chunks (at least 1 frame)"
     )
-    batch_size: int = Field(32, ge=1, description="Face crops per model forward")
+    batch_size: int | None = Field(
+        None, ge=1, description="Face crops per model forward; default: measured per device and model preset"
+    )
     margin: float | None = Field(
         None,
         ge=0.0,

@@ -31,7 +31,7 @@ from pipeline.crops import crop_faces
 from pipeline.decode import FrameBatch, Sampling, VideoDecodeError, VideoInfo, VideoStream, open_video, probe_video
 from pipeline.decode.prefetch import prefetch
 from pipeline.decode.types import DecodeStats
-from pipeline.engine import InferenceEngine, InferenceOutOfMemory, load_engine
+from pipeline.engine import InferenceEngine, InferenceOutOfMemory, load_engine, resolved_batch_size
 from pipeline.faces import FaceDetector, build_detector
 from pipeline.options import RANDOM_WEIGHTS_SEED, ScanOptions, random_model_version
 from pipeline.tracking import IouTracker
@@ -171,12 +171,12 @@ class _LoadedEngine:
     @classmethod
     def load(cls, loaded: _LoadedModel, options: ScanOptions) -> _LoadedEngine:
         engine, warnings = load_engine(loaded.model, options, loaded.weights_path)
-        return cls(engine, options.engine, options.batch_size, warnings)
+        return cls(engine, options.engine, engine.max_batch, warnings)
 
-    def serves(self, options: ScanOptions) -> bool:
-        """True when `options` can use this engine as is: same kind, batches no larger than it was built
-        for (the scanner hands it at most `options.batch_size` crops per call)."""
-        return options.engine == self.kind and options.batch_size <= self.built_batch_size
+    def serves(self, options: ScanOptions, batch_size: int) -> bool:
+        """True when `options` can use this engine as is: same kind, batches (`batch_size`, resolved)
+        no larger than it was built for (the scanner hands it at most that many crops per call)."""
+        return options.engine == self.kind and batch_size <= self.built_batch_size
 
 
 class Scanner:
@@ -239,7 +239,9 @@ class Scanner:
             return Scanner(options, self.weights_path, preset_if_random=self._loaded.preset_if_random)
         same_detector = _detector_settings(options) == _detector_settings(self.options)
         detector = self.detector if same_detector else _build_detector(options, device)
-        engine = self._engine if self._engine.serves(options) else _LoadedEngine.load(self._loaded, options)
+        batch_size = resolved_batch_size(options, self._loaded.model.config, device)
+        serves = self._engine.serves(options, batch_size)
+        engine = self._engine if serves else _LoadedEngine.load(self._loaded, options)
         derived = Scanner.__new__(Scanner)
         derived._assemble(options, device, self._loaded, detector, engine)
         return derived
@@ -250,8 +252,10 @@ class Scanner:
 
     @property
     def batch_size(self) -> int:
-        """Face crops per forward: the options' batch size, or fewer where the engine's limit is lower."""
-        return min(self.options.batch_size, self.engine.max_batch)
+        """Face crops per forward: the options' batch size (default: per device and preset, see
+        `pipeline.engine.default_batch_size`), or fewer where the engine's limit is lower."""
+        wanted = resolved_batch_size(self.options, self.model.config, self.device)
+        return min(wanted, self.engine.max_batch)
 
     def warm_up(self) -> None:
         """Detect once on a blank frame and run `WARM_UP_FORWARDS` forwards at the batch size, so the
@@ -358,7 +362,7 @@ class Scanner:
             crops, meta = self._faces_in(batch, tracker, state)
             state.pending_crops.append(crops)
             state.pending_meta.extend(meta)
-            if state.pending >= self.options.batch_size:
+            if state.pending >= self.batch_size:
                 self._infer_pending(state, keep_remainder=True)
             if progress is not None:
                 progress(state.counts.frames_decoded, total)

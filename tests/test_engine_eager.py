@@ -83,3 +83,21 @@ def test_load_engine_falls_back_to_eager_with_a_warning(tiny_model: RALF) -> Non
     engine, warnings = load_engine(tiny_model, ScanOptions(device="cpu", engine="tensorrt"))
     assert engine.name == "eager"
     assert len(warnings) == 1 and "tensorrt" in warnings[0]
+
+
+def test_default_batch_size_follows_device_and_preset() -> None:
+    from pipeline.engine import CPU_BATCH_SIZE, GPU_BATCH_SIZE, default_batch_size, load_engine
+    from pipeline.options import ScanOptions
+    from ralf.config import RALFConfig
+    from ralf.model import RALF
+
+    assert default_batch_size(RALFConfig.paper(), "cuda") == GPU_BATCH_SIZE == 32
+    assert default_batch_size(RALFConfig.paper(), "cpu") == CPU_BATCH_SIZE["paper"] == 1
+    assert default_batch_size(RALFConfig.lite(), "cpu") == CPU_BATCH_SIZE["lite"]
+    assert default_batch_size(RALFConfig.tiny(), "cpu") == CPU_BATCH_SIZE["tiny"]
+    assert default_batch_size(RALFConfig.tiny(preset="custom", image_size=128), "cpu") == CPU_BATCH_SIZE["lite"]
+    model = RALF(RALFConfig.tiny()).eval()
+    engine, _ = load_engine(model, ScanOptions(device="cpu", engine="eager"))
+    assert engine.max_batch == CPU_BATCH_SIZE["tiny"]
+    engine, _ = load_engine(model, ScanOptions(device="cpu", engine="eager", batch_size=3))
+    assert engine.max_batch == 3

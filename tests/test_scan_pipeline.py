@@ -305,11 +305,12 @@ def test_with_options_shares_the_model_and_matches_a_fresh_scanner(
     assert derived.engine is scanner.engine and derived.detector is scanner.detector
     assert (derived.options, derived.batch_size, derived.sampling.max_frames) == (options, 4, 6)
     verdict = derived.scan(small_h264)
-    assert calls == [4, 2]  # the shared engine (built for 32) gets this scanner's batch size
+    assert calls == [4, 2]  # the shared engine (built for 8, tiny's CPU default) gets this scanner's batch size
     assert verdict.counts == fresh.counts and verdict.label == fresh.label
     for derived_track, fresh_track in zip(verdict.tracks, fresh.tracks, strict=True):
         assert derived_track.score == pytest.approx(fresh_track.score, rel=1e-5, abs=1e-6)
-    assert scanner.options.batch_size == 32 and scanner.sampling.every_n == 1  # the original is unchanged
+    # The original is unchanged: no batch size asked for, so the tiny preset's CPU default.
+    assert scanner.options.batch_size is None and scanner.batch_size == 8 and scanner.sampling.every_n == 1
 
 
 def test_with_options_rebuilds_only_what_must_change(scanner: Scanner) -> None:
