@@ -10,6 +10,18 @@ same frames and faces):
 - model: the model's forward alone over the same crops, at --batch-size.
 Each runs once untimed, then --repeats timed runs; the fastest is reported. Random weights:
 throughput does not depend on their values.
+
+Real-footage mode (`--footage`): 720p and 1080p clips (generated with a moving face, plus the shared
+real clips in ../shared/data/videos when present) scanned at the default sampling (2 frames/s) by the
+old behaviour and the new one in the same run, so the baseline is measured, not remembered:
+
+    .venv/bin/python benchmarks/pipeline.py --footage [--seconds 10] [--preset tiny]
+
+- before: MTCNN on full-resolution frames, no prefetch, PyAV, batch 32 (the old defaults);
+- mtcnn-640: MTCNN at the working resolution (long side 640), prefetch, the other defaults;
+- retinaface-640: RetinaFace at the working resolution, prefetch, the other defaults.
+Reported per clip and configuration: seconds per minute of video, each stage's seconds and share,
+frames and faces, and the speed-up against `before`.
 """
 
 from __future__ import annotations
@@ -84,8 +96,78 @@ def naive_scan(scanner: Scanner, clip: Path) -> tuple[int, list[torch.Tensor]]:
     return frames, crops
 
 
+FOOTAGE_CONFIGS: dict[str, dict[str, object]] = {
+    "before": {"detector": "mtcnn", "detect_max_side": 0, "prefetch": 0, "decoder": "pyav", "batch_size": 32},
+    "mtcnn-640": {"detector": "mtcnn"},
+    "retinaface-640": {"detector": "retinaface"},
+}
+SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
+
+
+def footage_clips(workdir: Path, seconds: float) -> list[Path]:
+    """Generated 720p and 1080p H.264 clips (a face moving over a textured background, 30 frames/s),
+    then the shared real clips when present."""
+    clips = []
+    for width, height in ((1280, 720), (1920, 1080)):
+        clips.append(
+            write_face_clip(
+                workdir / f"face_{height}p.mp4", codec="h264", num_frames=round(seconds * 30), fps=30.0, size=(width, height)
+            )
+        )
+    if SHARED_VIDEOS.is_dir():
+        clips += sorted(SHARED_VIDEOS.glob("*/*.mp4"))
+    return clips
+
+
+def footage_benchmark(args: argparse.Namespace) -> None:
+    from pipeline.decode import probe_video
+
+    scanners = {
+        name: Scanner(ScanOptions(device=args.device, **overrides), preset_if_random=args.preset)  # type: ignore[arg-type]
+        for name, overrides in FOOTAGE_CONFIGS.items()
+    }
+    for scanner in scanners.values():
+        scanner.warm_up()
+    some = next(iter(scanners.values()))
+    print(
+        f"real-footage mode | preset {args.preset} | device {some.device} | torch threads {torch.get_num_threads()} | "
+        f"default sampling (2 frames/s) | best of {args.repeats} after a warm-up run"
+    )
+    for name, scanner in scanners.items():
+        options = scanner.options
+        print(
+            f"  {name:<15} detector {options.detector} at {options.detect_max_side or 'full'} px, prefetch "
+            f"{options.prefetch}, decoder {options.decoder}, batch {scanner.batch_size}, engine {scanner.engine.name}"
+        )
+    with tempfile.TemporaryDirectory(prefix="ralf-footage-") as workdir:
+        for clip in footage_clips(Path(workdir), args.seconds):
+            info = probe_video(clip)
+            minutes = (info.duration_s or 0.0) / 60.0
+            print(f"\n{clip.name}: {info.width}x{info.height} {info.codec}, {info.duration_s:.1f} s")
+            print(
+                f"  {'config':<15}{'s/min':>8}{'total':>7}{'decode':>8}{'detect':>8}{'crop':>7}{'infer':>7}"
+                f"{'det%':>6}{'frames':>7}{'faces':>6}{'tracks':>7}{'speed-up':>9}"
+            )
+            baseline = None
+            for name, scanner in scanners.items():
+                seconds, verdict = fastest(lambda s=scanner: s.scan(clip), args.repeats, scanner.device)
+                assert isinstance(verdict, Verdict)
+                if verdict.label == "error":
+                    print(f"  {name:<15} error: {verdict.error}")
+                    continue
+                t = verdict.timings
+                baseline = baseline or seconds
+                print(
+                    f"  {name:<15}{seconds / minutes:>8.1f}{seconds:>7.2f}{t.decode_s:>8.2f}{t.detect_s:>8.2f}"
+                    f"{t.crop_s:>7.2f}{t.infer_s:>7.2f}{t.detect_s / t.total_s:>6.0%}{verdict.counts.frames_decoded:>7}"
+                    f"{verdict.counts.faces:>6}{verdict.counts.tracks:>7}{baseline / seconds:>8.2f}x"
+                )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--footage", action="store_true", help="Real-footage mode: 720p/1080p, before vs after")
+    parser.add_argument("--seconds", type=float, default=10.0, help="Length of the generated footage clips")
     parser.add_argument("--preset", choices=["tiny", "paper"], default="tiny")
     parser.add_argument("--frames", type=int, default=48, help="Frames in the generated clip (all are sampled)")
     parser.add_argument("--size", default="320x240", help="Clip size WxH")
@@ -93,6 +175,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=1, help="Timed runs per path (after one untimed run)")
     args = parser.parse_args()
+    if args.footage:
+        footage_benchmark(args)
+        return
 
     width, height = (int(v) for v in args.size.lower().split("x"))
     options = ScanOptions(device=args.device, every_n=1, batch_size=args.batch_size)
