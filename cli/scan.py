@@ -27,6 +27,7 @@ from cli.app import app
 from pipeline.options import AggregationName, DecoderName, DetectorName, DeviceName, ScanOptions
 from pipeline.synthetic import write_face_clip
 from pipeline.verdict import Verdict, verdict_json_schema
+from ralf.shipped import resolve_weights
 from worker.jobs import describe_validation_error
 from worker.settings import Settings
 
@@ -198,6 +199,21 @@ def _load_settings() -> Settings:
         raise typer.Exit(EXIT_ERROR) from None
 
 
+def _chosen_weights(weights: Path | None, random_weights: bool, settings: Settings) -> Path | None:
+    """The weights named on the command line, a random model asked for there, else what the
+    settings say (RALF_WEIGHTS, RALF_RANDOM_WEIGHTS, else the shipped model). Exit 2 if missing."""
+    if weights is not None and random_weights:
+        err.print("[red]--weights and --random-weights exclude each other[/red]")
+        raise typer.Exit(EXIT_ERROR)
+    try:
+        if weights is not None or random_weights:
+            return resolve_weights(weights, random_weights)
+        return settings.model_weights()
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]cannot choose the weights:[/red] {escape(str(exc))}")
+        raise typer.Exit(EXIT_ERROR) from None
+
+
 def _build_scanner(options: ScanOptions, weights: Path | None, preset: str) -> Scanner:
     """The scanner, or exit 2 with the reason (missing weights, detector weights, no GPU, ...)."""
     from pipeline.scan import Scanner
@@ -216,8 +232,11 @@ def scan(
     ],
     as_json: Annotated[bool, typer.Option("--json", help="One JSON verdict per line instead of a table")] = False,
     weights: Annotated[
-        Path | None, typer.Option(help="RALF weights (.safetensors); default $RALF_WEIGHTS, else random weights")
+        Path | None, typer.Option(help="RALF weights (.safetensors); default $RALF_WEIGHTS, else the shipped model")
     ] = None,
+    random_weights: Annotated[
+        bool, typer.Option("--random-weights", help="A seeded random model instead (pipeline checks only)")
+    ] = False,
     device: Annotated[DeviceName | None, typer.Option(help="auto | cpu | cuda [default: $RALF_DEVICE or auto]")] = None,
     decoder: Annotated[DecoderName | None, typer.Option(help="auto | dali | pyav [default: auto]")] = None,
     detector: Annotated[DetectorName | None, typer.Option(help="mtcnn | yolo [default: mtcnn]")] = None,
@@ -230,7 +249,7 @@ def scan(
         AggregationName | None, typer.Option(help="Track score from frame scores: mean | topk | median [default: mean]")
     ] = None,
     preset: Annotated[
-        str | None, typer.Option(help="Model preset for random weights (tiny | paper); ignored with weights")
+        str | None, typer.Option(help="Model preset of the random model (tiny | lite | paper), with --random-weights")
     ] = None,
 ) -> None:
     """Scan videos in this process and print a verdict per video (exit 0 clean, 1 fake found, 2 error)."""
@@ -249,7 +268,8 @@ def scan(
             "aggregation": aggregation,
         },
     )
-    scanner = _build_scanner(options, weights or settings.weights, preset or settings.random_preset)
+    chosen = _chosen_weights(weights, random_weights, settings)
+    scanner = _build_scanner(options, chosen, preset or settings.random_preset)
     verdicts = scan_all(scanner, paths, show_progress=err.is_terminal)
     if as_json:
         for verdict in verdicts:
@@ -259,32 +279,71 @@ def scan(
     raise typer.Exit(exit_code(verdicts))
 
 
+# The astronaut face's five MTCNN points (eyes, nose, mouth corners) in `astronaut_face()` pixels.
+ASTRONAUT_LANDMARKS = ((63.0, 80.0), (106.0, 83.0), (84.0, 108.0), (61.0, 119.0), (105.0, 121.0))
+# One strong self-blend (the whole blend ratio, colour and frequency changes on the source) makes
+# the demo's fake; seed and settings are fixed so every run shows the same clip.
+DEMO_FAKE_SEED = 7
+
+
+def write_demo_clips(directory: Path) -> tuple[Path, Path]:
+    """A real clip of the astronaut's moving face and its twin whose face is self-blended (SBI)."""
+    import numpy as np
+
+    from pipeline.synthetic import astronaut_face
+    from trainer.sbi import SelfBlendConfig, self_blend
+
+    face = astronaut_face()
+    blend = SelfBlendConfig(ratio_one_prob=1.0, source_augment_prob=1.0, hull_prob=1.0, jpeg_prob=0.0)
+    rng = np.random.default_rng(DEMO_FAKE_SEED)
+    fake_face = self_blend(face, np.asarray(ASTRONAUT_LANDMARKS), rng, blend).fake
+    common = {"codec": "h264", "num_frames": 24, "fps": 12.0, "size": (320, 240)}
+    real = write_face_clip(directory / "astronaut_real.mp4", **common)  # type: ignore[arg-type]
+    fake = write_face_clip(directory / "astronaut_self_blended.mp4", face_image=fake_face, **common)  # type: ignore[arg-type]
+    return real, fake
+
+
 @app.command()
 def demo(
     device: Annotated[DeviceName, typer.Option(help="auto | cpu | cuda")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON instead of a table")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the verdicts as JSON lines instead of a table")] = False,
+    weights: Annotated[Path | None, typer.Option(help="RALF weights [default: $RALF_WEIGHTS, else the shipped model]")] = None,
+    random_weights: Annotated[
+        bool, typer.Option("--random-weights", help="A seeded random tiny model instead (pipeline check only)")
+    ] = False,
 ) -> None:
-    """Generate a 2-second clip of a real face and scan it end to end with a tiny, randomly initialised model.
+    """Generate a real clip of a face and a self-blended fake of it, and scan both end to end.
 
-    Needs no weights and no GPU. The verdict itself is meaningless (the weights are random); the demo
-    shows that decoding, face detection, tracking, batched inference and aggregation all work here.
+    Needs no GPU and no download: the clips are made from scikit-image's astronaut photo and scanned
+    with the shipped model. Exit 0 when the real clip comes out real and the fake one fake.
     """
-    clip = write_face_clip(demo_dir() / "astronaut.mp4", codec="h264", num_frames=24, fps=12.0, size=(320, 240))
-    scanner = _build_scanner(ScanOptions(device=device, every_n=1), None, "tiny")
-    verdict = scan_all(scanner, [clip], show_progress=False)[0]
-    pipeline_works = verdict.label in ("real", "fake")
+    settings = _load_settings()
+    real, fake = write_demo_clips(demo_dir())
+    chosen = _chosen_weights(weights, random_weights, settings)
+    scanner = _build_scanner(ScanOptions(device=device, every_n=1), chosen, "tiny")
+    verdicts = scan_all(scanner, [real, fake], show_progress=False)
+    scored = all(v.label in ("real", "fake") for v in verdicts)
+    right = [v.label for v in verdicts] == ["real", "fake"]
     if as_json:
-        sys.stdout.write(verdict.model_dump_json() + "\n")
+        for verdict in verdicts:
+            sys.stdout.write(verdict.model_dump_json() + "\n")
     else:
-        _print_report([verdict], title="ralf-cli demo: generated clip, tiny model with random weights")
-        if pipeline_works:
+        model = "random weights" if scanner.weights_random else scanner.model_version
+        _print_report(verdicts, title=f"ralf-cli demo: a real clip and its self-blended fake ({model})")
+        if not scored:
+            err.print("[red]the demo clips show a face, but the pipeline did not score both (see above)[/red]")
+        elif scanner.weights_random:
+            out.print("Pipeline OK (random weights: the labels mean nothing). Drop --random-weights to use the shipped model.")
+        elif right:
             out.print(
-                "Pipeline OK: the face was found, tracked and scored. Scan your own videos with "
-                "[bold]ralf-cli scan VIDEO --weights WEIGHTS.safetensors[/bold]."
+                "The real clip came out real and the self-blended one fake. Scan your own videos with "
+                "[bold]ralf-cli scan VIDEO[/bold]."
             )
         else:
-            err.print("[red]the demo clip shows a face, but the pipeline did not score it (see above)[/red]")
-    raise typer.Exit(EXIT_CLEAN if pipeline_works else EXIT_ERROR)
+            err.print("[red]the shipped model labelled the demo clips wrongly (see above)[/red]")
+    if not scored:
+        raise typer.Exit(EXIT_ERROR)
+    raise typer.Exit(EXIT_CLEAN if right or scanner.weights_random else EXIT_FAKE)
 
 
 @app.command()

@@ -229,6 +229,64 @@ def _from_command_line(ctx: typer.Context, parameter: str) -> bool:
 _PARAMETER_NAMES = {"center_update_every": "center_every"}
 
 
+# ---------------------------------------------------------------- convert
+@app.command()
+def convert(
+    weights: Annotated[Path, typer.Argument(help="RALF weights (.safetensors)")],
+    output: Annotated[Path, typer.Argument(help="Where to write the converted file")],
+    half: Annotated[bool, typer.Option("--half", help="Store the tensors as float16 (half the size)")] = False,
+    tolerance: Annotated[float, typer.Option(help="Largest |P(fake) change| allowed on the check faces")] = 1e-3,
+) -> None:
+    """Copy weights with their metadata, optionally in float16; checks that scores stay within `tolerance`
+    on generated face crops (the astronaut, jittered), and refuses to write otherwise."""
+    import torch
+
+    from pipeline.synthetic import astronaut_face
+    from ralf.weights import load_weights, save_weights
+
+    try:
+        model, metadata = load_weights(weights)
+    except USER_ERRORS as error:
+        fail(str(error))
+    size = model.config.image_size
+    face = torch.from_numpy(astronaut_face()).permute(2, 0, 1)[None].float() / 255
+    generator = torch.Generator().manual_seed(0)
+    crops = torch.nn.functional.interpolate(face, size=(size, size), mode="bilinear", antialias=True)
+    crops = (crops + 0.03 * torch.randn((16, 3, size, size), generator=generator)).clamp(0, 1)
+    keep = metadata.model_copy(update={"model_version": "", "tensors_sha256": None})
+    partial = output.with_name(output.name + ".check")
+    written = save_weights(partial, model, keep, dtype=torch.float16 if half else None)
+    converted, _ = load_weights(partial)
+    with torch.no_grad():
+        change = float((torch.sigmoid(converted(crops)) - torch.sigmoid(model(crops))).abs().max())
+    if change > tolerance:
+        partial.unlink()
+        fail(f"scores changed by up to {change:.2e} (> {tolerance:g}); nothing written")
+    partial.replace(output)
+    out.print(f"{output}: {written.model_version}, {output.stat().st_size / 2**20:.1f} MiB, max |ΔP(fake)| {change:.2e}")
+
+
+# ------------------------------------------------------------- self-blend
+@app.command("self-blend")
+def self_blend_command(
+    data: Annotated[list[Path], typer.Argument(help="Prepared crop folders (index.jsonl)")],
+    output: Annotated[Path, typer.Option("--out", help="Folder to write real/ and fake/ into")],
+    split: Annotated[str, typer.Option(help="train | val | test | all")] = "test",
+    seed: Annotated[int, typer.Option(help="Seed of the twins (the trainer's validation uses its run seed)")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
+) -> None:
+    """Write real crops (linked) and their self-blended twins as OUT/real and OUT/fake, for
+    `ralf-cli calibrate --data OUT` and `evaluate` on held-back real faces."""
+    from trainer.pseudo_fakes import write_pseudo_fakes
+
+    _choice(split, ("train", "val", "test", "all"), "--split")
+    try:
+        summary = write_pseudo_fakes(data, output, None if split == "all" else split, seed=seed, progress=progress)  # type: ignore[arg-type]
+    except USER_ERRORS as error:
+        fail(str(error))
+    out.print(f"{summary.real} real crops and {summary.fake} self-blended twins in {summary.out}")
+
+
 # --------------------------------------------------------------- evaluate
 @app.command()
 def evaluate(

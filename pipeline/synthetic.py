@@ -67,9 +67,9 @@ def textured_background(width: int, height: int, seed: int = 0) -> np.ndarray:
     return (np.clip(base + checker, 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def _face_sprite(face_height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Resized face and a soft elliptical alpha mask (float32 (h, w, 1)) to blend it in."""
-    face = astronaut_face()
+def _face_sprite(face_height: int, face: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Resized face (the astronaut's unless given) and a soft elliptical alpha mask (float32 (h, w, 1))."""
+    face = astronaut_face() if face is None else face
     scale = face_height / face.shape[0]
     size = (max(2, round(face.shape[1] * scale)), face_height)
     sprite = np.asarray(Image.fromarray(face).resize(size, Image.Resampling.BILINEAR))
@@ -81,9 +81,10 @@ def _face_sprite(face_height: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def iter_frames(
-    num_frames: int, size: tuple[int, int], *, face: bool = True, seed: int = 0
+    num_frames: int, size: tuple[int, int], *, face: bool = True, seed: int = 0, face_image: np.ndarray | None = None
 ) -> Iterator[np.ndarray]:
-    """Upright RGB frames (uint8 (H, W, 3)), one at a time; ``size`` is (width, height)."""
+    """Upright RGB frames (uint8 (H, W, 3)), one at a time; ``size`` is (width, height).
+    ``face_image`` replaces the astronaut's face (e.g. a manipulated copy of it)."""
     width, height = size
     background = textured_background(width, height, seed)
     if not face:
@@ -91,7 +92,7 @@ def iter_frames(
         for i in range(num_frames):
             yield np.roll(background, shift=i * 2, axis=1)
         return
-    sprite, alpha = _face_sprite(face_height=max(16, int(height * 0.55)))
+    sprite, alpha = _face_sprite(max(16, int(height * 0.55)), face_image)
     sh, sw = sprite.shape[:2]
     span_x, span_y = max(width - sw, 0), max(height - sh, 0)
     for i in range(num_frames):
@@ -157,8 +158,9 @@ def write_face_clip(
     face: bool = True,
     seed: int = 0,
     rotation: int = 0,
+    face_image: np.ndarray | None = None,
 ) -> Path:
-    """Write a clip of the astronaut's face moving over a textured background.
+    """Write a clip of the astronaut's face (or ``face_image``) moving over a textured background.
 
     ``size`` is (width, height) as displayed, both even. ``face=False`` writes only the
     (slowly panning) background. ``rotation`` (a multiple of 90) stores the frames rotated
@@ -169,7 +171,7 @@ def write_face_clip(
     width, height = size
     if width % 2 or height % 2:
         raise ValueError(f"width and height must be even for 4:2:0 video, got {size}")
-    frames = iter_frames(num_frames, size, face=face, seed=seed)
+    frames = iter_frames(num_frames, size, face=face, seed=seed, face_image=face_image)
     return write_frames(path, frames, codec=codec, fps=fps, rotation=rotation)
 
 

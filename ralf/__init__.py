@@ -1,14 +1,28 @@
-"""RALF networks and losses (pure torch); see ARCHITECTURE.md for the contracts."""
+"""RALF networks and losses (pure torch); see ARCHITECTURE.md for the contracts.
 
-from ralf.config import ClassifierConfig, DiscriminatorConfig, RALFConfig, ReconstructorConfig
-from ralf.model import LABEL_CONVENTION, RALF, RALFOutput
+The exports load on first use, so that torch-free parts (`ralf.config`, `ralf.shipped`) can be
+imported by light commands (enqueue, status) without importing torch.
+"""
 
-__all__ = [
-    "LABEL_CONVENTION",
-    "RALF",
-    "ClassifierConfig",
-    "DiscriminatorConfig",
-    "RALFConfig",
-    "RALFOutput",
-    "ReconstructorConfig",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "LABEL_CONVENTION": "ralf.model",
+    "RALF": "ralf.model",
+    "RALFOutput": "ralf.model",
+    "ClassifierConfig": "ralf.config",
+    "DiscriminatorConfig": "ralf.config",
+    "RALFConfig": "ralf.config",
+    "ReconstructorConfig": "ralf.config",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ralf' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

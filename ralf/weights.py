@@ -82,6 +82,8 @@ class WeightsMetadata(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict)  # free JSON: steps, best validation AUC, ...
     calibration: Calibration | None = None
     crop: CropGeometry = CropGeometry()
+    # sha256 of the stored tensors (`tensors_digest`), checked on load; absent in older files.
+    tensors_sha256: str | None = None
     created: str = Field(default_factory=_now_iso)
 
 
@@ -95,17 +97,24 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def save_weights(path: str | Path, model: RALF, metadata: WeightsMetadata | None = None) -> WeightsMetadata:
-    """Write `model`'s state dict and metadata; returns the metadata as written (with model_version)."""
+def save_weights(
+    path: str | Path, model: RALF, metadata: WeightsMetadata | None = None, dtype: torch.dtype | None = None
+) -> WeightsMetadata:
+    """Write `model`'s state dict and metadata; returns the metadata as written (with model_version
+    and the stored tensors' digest). `dtype` (e.g. float16) stores floating tensors in that type;
+    `load_weights` always rebuilds a float32 model."""
     path = Path(path)
     if metadata is None:
         metadata = WeightsMetadata(config=model.config)
     elif metadata.config != model.config:
         raise WeightsError("metadata.config differs from the model's config; the file could not be rebuilt")
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    if dtype is not None:
+        tensors = {name: t.to(dtype) if t.is_floating_point() else t for name, t in tensors.items()}
+    digest = tensors_digest(tensors)
     if not metadata.model_version:
-        version = f"ralf-{model.config.preset}-{tensors_digest(tensors)[:12]}"
-        metadata = metadata.model_copy(update={"model_version": version})
+        metadata = metadata.model_copy(update={"model_version": f"ralf-{model.config.preset}-{digest[:12]}"})
+    metadata = metadata.model_copy(update={"tensors_sha256": digest})
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     save_file(tensors, str(partial), metadata={METADATA_KEY: metadata.model_dump_json()})
@@ -220,7 +229,9 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[
         problems.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched[:20])}")
     if problems:
         raise WeightsError(f"{path} does not fit its config (preset {metadata.config.preset!r}):\n" + "\n".join(problems))
-    model.load_state_dict(tensors, strict=True)
+    if metadata.tensors_sha256 is not None and tensors_digest(tensors) != metadata.tensors_sha256:
+        raise WeightsError(f"{path}: the tensors do not match the digest in its metadata (file altered or damaged)")
+    model.load_state_dict(tensors, strict=True)  # copies into float32 parameters whatever the stored type
     return model.to(device).eval(), metadata
 
 

@@ -7,12 +7,17 @@ written once per session under a temporary directory.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from pipeline import synthetic
+
+# Tests of the pipeline and the workers scan with the seeded random model unless they ask for the
+# shipped weights (tests/test_shipped_weights.py unsets this). Worker processes inherit it.
+os.environ.setdefault("RALF_RANDOM_WEIGHTS", "1")
 
 ClipFactory = Callable[..., Path]
 

@@ -98,3 +98,30 @@ def test_crop_geometry_travels_with_the_weights(tmp_path: Path) -> None:
     assert load_weights(path)[1].crop == geometry
     # Files written before the field existed read as the scanner's long-standing default.
     assert WeightsMetadata(config=model.config).crop == CropGeometry(margin=0.3, square=True)
+
+
+def test_half_precision_storage_loads_as_float32_and_is_digest_checked(tmp_path: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from ralf.weights import WeightsError, tensors_digest
+
+    torch.manual_seed(0)
+    model = RALF(RALFConfig.tiny()).eval()
+    path = tmp_path / "half.safetensors"
+    metadata = save_weights(path, model, dtype=torch.float16)
+    with safe_open(str(path), framework="pt") as handle:
+        assert handle.get_tensor("destructor.mask_logits").dtype == torch.float16
+    loaded, read = load_weights(path)
+    assert read.tensors_sha256 == metadata.tensors_sha256 == tensors_digest(load_file(str(path)))
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (torch.sigmoid(loaded(x)) - torch.sigmoid(model(x))).abs().max() < 1e-2
+    # Tensors changed behind the metadata's back are refused.
+    tensors = load_file(str(path))
+    tensors["destructor.mask_logits"] = tensors["destructor.mask_logits"] + 1
+    header = read_metadata(path).model_dump_json()
+    save_file(tensors, str(path), metadata={"ralf": header})
+    with pytest.raises(WeightsError, match="digest"):
+        load_weights(path)

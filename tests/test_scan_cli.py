@@ -146,12 +146,13 @@ def test_settings_supply_defaults(face_clip_h264: Path, monkeypatch: pytest.Monk
     assert code in (0, 1)
 
 
-def test_demo_runs_without_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_runs_with_random_weights_on_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    code, output = _invoke("demo", "--device", "cpu")
+    code, output = _invoke("demo", "--device", "cpu", "--random-weights")
     assert code == 0
     assert "weights are random" in output and "Pipeline OK" in output
-    assert (tmp_path / "ralf" / "demo" / "astronaut.mp4").is_file()
+    assert (tmp_path / "ralf" / "demo" / "astronaut_real.mp4").is_file()
+    assert (tmp_path / "ralf" / "demo" / "astronaut_self_blended.mp4").is_file()
 
 
 def test_schema_prints_the_verdict_schema() -> None:

@@ -123,6 +123,7 @@ def test_out_of_memory_retries_at_half_batch(
     setup: tuple[Settings, Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings, clip, _ = setup
+    settings = settings.model_copy(update={"batch_size": 32})  # unset, it follows the device and preset
     seen_batches: list[int] = []
 
     class OomScanner:

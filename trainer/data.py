@@ -249,6 +249,11 @@ class FaceCropDataset(Dataset):
             image = self_blend(image, landmarks, rng, self.self_blend).fake
         return jpeg_compress(image, rng, self.self_blend)
 
+    def blended_image(self, index: int, draw: int = 0) -> np.ndarray:
+        """The uint8 RGB image record `index` becomes (self-blended and compressed as configured)."""
+        image = read_rgb(self.records[index].path)
+        return self._blend(image, self.records[index], index, draw) if self.self_blend is not None else image
+
     def __getitem__(self, key: int | tuple[int, ...]) -> tuple[torch.Tensor, float, int] | UnreadableImage:
         index, flip, draw = (*key, 0)[:3] if isinstance(key, tuple) else (key, False, 0)
         record = self.records[index]

@@ -31,6 +31,7 @@ from rq.job import Job
 
 from pipeline.options import AggregationName, ScanOptions
 from pipeline.verdict import Verdict
+from ralf.shipped import ShippedWeightsMissing
 from worker.download import DownloadFailed, DownloadRefused, download
 from worker.settings import Priority, Settings
 from worker.sources import SourceKind, SourceRefused, check_local_path, check_url, redact_url, sha256_file
@@ -164,7 +165,7 @@ _scanner_key: tuple[object, ...] | None = None
 def build_scanner(settings: Settings, options: ScanOptions) -> Scanner:
     from pipeline.scan import Scanner  # deferred: clients enqueue without importing torch
 
-    return Scanner(options, settings.weights, preset_if_random=settings.random_preset)
+    return Scanner(options, settings.model_weights(), preset_if_random=settings.random_preset)
 
 
 class WorkerSetupError(ValueError):
@@ -192,6 +193,8 @@ def preload_scanner(settings: Settings) -> Scanner:
     """Load the model now (worker start), so jobs - and forked work horses - find it ready."""
     try:
         return base_scanner(settings)
+    except ShippedWeightsMissing as exc:
+        raise WorkerSetupError(str(exc)) from exc
     except OSError as exc:
         filename = exc.filename or settings.weights
         what = "the weights file (RALF_WEIGHTS)" if str(filename) == str(settings.weights) else "a file the scanner needs"
@@ -202,12 +205,12 @@ def base_scanner(settings: Settings) -> Scanner:
     """The process's Scanner for the worker's own options, loaded on first use."""
     global _scanner, _scanner_key
     options = settings.scan_options()
-    key = (settings.weights, settings.random_preset, options)
+    key = (settings.model_weights(), settings.random_preset, options)
     if _scanner is not None and _scanner_key == key:
         return _scanner
     if _scanner is not None:
         _release_scanner()
-    log.info("loading scanner (weights=%s, device=%s)", settings.weights, options.device)
+    log.info("loading scanner (weights=%s, device=%s)", key[0] or "random", options.device)
     _scanner = build_scanner(settings, options)
     _scanner_key = key
     return _scanner

@@ -59,18 +59,22 @@ def all_queues(settings: Settings, connection: Redis) -> list[Queue]:
 
 def model_version(settings: Settings) -> str:
     """The version the workers will scan with, from the weights file header (no model is built)."""
-    if settings.weights is None:
+    try:
+        weights = settings.model_weights()
+    except (OSError, ValueError) as exc:
+        raise EnqueueRefused(str(exc)) from None
+    if weights is None:
         return random_model_version(settings.random_preset)
     from ralf.weights import WeightsError, read_metadata
 
     try:
-        return read_metadata(settings.weights).model_version
+        return read_metadata(weights).model_version
     except WeightsError as exc:
-        raise EnqueueRefused(f"cannot read the model version from RALF_WEIGHTS: {exc}") from None
+        raise EnqueueRefused(f"cannot read the model version from {weights}: {exc}") from None
     except OSError as exc:
         from worker.jobs import unreadable_file_message
 
-        raise EnqueueRefused(unreadable_file_message("the weights file (RALF_WEIGHTS)", settings.weights, exc)) from None
+        raise EnqueueRefused(unreadable_file_message("the weights file", weights, exc)) from None
 
 
 def job_timeout_s(settings: Settings, duration_s: float | None) -> int:

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline.options import DecoderName, DetectorName, DeviceName, EngineName, ScanOptions
+from ralf.shipped import resolve_weights
 
 if TYPE_CHECKING:
     from worker.addresses import AddressPolicy
@@ -70,8 +71,11 @@ class Settings(BaseSettings):
     )
 
     # --- model and scan -----------------------------------------------------------------
-    weights: Path | None = Field(None, description="RALF safetensors weights; unset = random weights (tests only)")
-    random_preset: str = Field("paper", description="Model preset used when no weights are given")
+    weights: Path | None = Field(None, description="RALF safetensors weights; unset = the shipped lite model")
+    random_weights: bool = Field(
+        False, description="Scan with a seeded random model instead (pipeline checks and tests only)"
+    )
+    random_preset: str = Field("paper", description="Model preset of the random model (random_weights)")
     device: DeviceName = Field(_SCAN_DEFAULTS.device, description="auto | cpu | cuda")
     decoder: DecoderName = Field(_SCAN_DEFAULTS.decoder, description="auto | dali | pyav")
     detector: DetectorName = Field(_SCAN_DEFAULTS.detector, description="Face detector: mtcnn | yolo")
@@ -132,6 +136,11 @@ class Settings(BaseSettings):
 
         AddressPolicy.from_entries(value)  # raises on an entry that is neither a network nor a name
         return value
+
+    def model_weights(self) -> Path | None:
+        """The weights workers and scans load: RALF_WEIGHTS, else the shipped model; None (a seeded
+        random model) only with RALF_RANDOM_WEIGHTS."""
+        return resolve_weights(self.weights, self.random_weights)
 
     def url_policy(self) -> "AddressPolicy":
         """Which addresses URL inputs may reach (public ones, plus RALF_URL_ALLOW)."""
