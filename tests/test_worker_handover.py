@@ -110,6 +110,28 @@ def test_dead_workers_claims_go_back_to_the_front(settings: Settings, connection
     assert job.get_status() == JobStatus.QUEUED and job.retries_left is None
 
 
+def test_a_starved_worker_on_this_host_is_not_dead(settings: Settings, connection: redis.Redis) -> None:
+    """A worker's key can expire because its process got no CPU (a loaded node) or was stopped; while the
+    process exists on this host its claims stay: giving them back would run the job twice."""
+    import socket
+
+    import psutil
+
+    from worker.liveness import process_key
+
+    high, default, low = queues(settings, connection)
+    put(default, "held")
+    claim_next(connection, settings, "starved", [q.key for q in (high, default, low)])
+    connection.sadd(members_key(settings), "starved")
+    me = f"{socket.gethostname()} {os.getpid()} {psutil.Process().create_time():.3f}"
+    connection.set(process_key(settings, "starved"), me)
+    assert requeue_abandoned(connection, settings, [high, default, low]) == []
+    assert connection.hlen(claims_key(settings, "starved")) == 1 and connection.llen(default.key) == 0
+    # the same pid number reused by another process later does not count
+    connection.set(process_key(settings, "starved"), f"{socket.gethostname()} {os.getpid()} 12.000")
+    assert requeue_abandoned(connection, settings, [high, default, low]) == [f"{PREFIX}-held"]
+
+
 def test_give_back_never_duplicates(settings: Settings, connection: redis.Redis) -> None:
     """A claim is pushed back only when nothing else holds the job: not when it is queued again
     (--force), claimed by another worker, started, waiting for a retry, or ended."""

@@ -8,6 +8,8 @@ from a background thread; a worker whose key has expired is dead:
   retries are left, else failed);
 - any job it had claimed but not started (worker/handover.py) goes back to the front of its queue,
   without using up a retry (it never ran).
+A worker whose key expired but whose main process still runs on the reaper's own host is not dead,
+only starved of CPU (or stopped): its jobs are left alone, since re-running them would run them twice.
 The same thread moves jobs whose retry back-off is over back to their queues (every second), so
 retries do not wait for rq's scheduler lock to expire when the worker holding it was killed.
 Jobs of workers that never published liveness (plain `rq worker`) are left to rq's timing.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import threading
 import time
 
@@ -43,6 +46,32 @@ def members_key(settings: Settings) -> str:
     return settings.key("liveness-workers")
 
 
+def process_key(settings: Settings, worker_name: str) -> str:
+    """'<host> <pid> <start time>' of a worker's main process (no TTL; removed when it stops cleanly)."""
+    return settings.key("worker-process", worker_name)
+
+
+def _this_process() -> str:
+    import psutil
+
+    return f"{socket.gethostname()} {os.getpid()} {psutil.Process().create_time():.3f}"
+
+
+def _runs_here(record: bytes | str | None) -> bool:
+    """True when `record` names a process of this host that still exists: a worker whose liveness key
+    expired only because it was starved of CPU (or paused), not dead. Workers on other hosts are judged
+    by their key alone."""
+    if not record:
+        return False
+    import psutil
+
+    try:
+        host, pid, started = (record.decode() if isinstance(record, bytes) else record).split()
+        return host == socket.gethostname() and abs(psutil.Process(int(pid)).create_time() - float(started)) < 0.01
+    except (ValueError, psutil.Error):
+        return False
+
+
 class LivenessBeat:
     """Refreshes `<prefix>:alive:<worker>` every ttl/3 seconds from a daemon thread; optionally reaps."""
 
@@ -65,6 +94,8 @@ class LivenessBeat:
             pipe.execute()
 
     def start(self) -> "LivenessBeat":
+        if self.queues:  # the worker's main process (a work horse beats for it without queues)
+            self.connection.set(process_key(self.settings, self.worker_name), _this_process())
         self.beat()
         self._thread = threading.Thread(target=self._run, name=f"liveness-{self.worker_name}", daemon=True)
         self._thread.start()
@@ -101,6 +132,7 @@ class LivenessBeat:
             try:
                 with self.connection.pipeline() as pipe:
                     pipe.delete(alive_key(self.settings, self.worker_name))
+                    pipe.delete(process_key(self.settings, self.worker_name))
                     pipe.srem(members_key(self.settings), self.worker_name)
                     pipe.execute()
             except RedisError as exc:
@@ -133,11 +165,21 @@ def dead_workers(connection: Redis, settings: Settings, names: set[str]) -> set[
     candidates = [n for n in names if n and connection.sismember(members_key(settings), n)]
     if not candidates:
         return set()
+    return set(_silent(connection, settings, candidates))
+
+
+def _silent(connection: Redis, settings: Settings, names: list[str]) -> list[str]:
+    """Those of `names` whose liveness key has expired and that are not a live process on this host."""
     with connection.pipeline() as pipe:
-        for name in candidates:
+        for name in names:
             pipe.exists(alive_key(settings, name))
+            pipe.get(process_key(settings, name))
         flags = pipe.execute()
-    return {name for name, flag in zip(candidates, flags) if not flag}
+    return [
+        name
+        for name, alive, record in zip(names, flags[0::2], flags[1::2])
+        if not alive and not _runs_here(record)
+    ]
 
 
 def requeue_abandoned(connection: Redis, settings: Settings, queues: list[Queue]) -> list[str]:
@@ -178,6 +220,7 @@ def requeue_abandoned(connection: Redis, settings: Settings, queues: list[Queue]
                 log.warning("re-queued jobs claimed by dead worker %s: %s", name, returned)
                 recovered.extend(returned)
             connection.srem(members_key(settings), name)
+            connection.delete(process_key(settings, name))
     finally:
         with contextlib.suppress(Exception):  # the lock expired meanwhile: nothing to release
             lock.release()
@@ -187,11 +230,5 @@ def requeue_abandoned(connection: Redis, settings: Settings, queues: list[Queue]
 def _forgettable(connection: Redis, settings: Settings) -> list[str]:
     """Dead members that own no started job any more (their jobs were just handled)."""
     names = [n.decode() if isinstance(n, bytes) else n for n in connection.smembers(members_key(settings))]
-    if not names:
-        return []
-    with connection.pipeline() as pipe:
-        for name in names:
-            pipe.exists(alive_key(settings, name))
-        flags = pipe.execute()
-    return [name for name, flag in zip(names, flags) if not flag]
+    return _silent(connection, settings, names) if names else []
 
