@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.options import AggregationName
-from pipeline.verdict import TrackVerdict, VerdictLabel
+from pipeline.verdict import MAX_FRAME_POINTS, FramePoint, TrackVerdict, VerdictLabel
 
 
 @dataclass(frozen=True)
@@ -64,13 +64,25 @@ def suspicious_times(faces: Sequence[FaceScore], count: int) -> list[float]:
     return [f.timestamp_s for f in ranked[:count]]
 
 
+def frame_points(faces: Sequence[FaceScore], limit: int = MAX_FRAME_POINTS) -> list[FramePoint]:
+    """The faces' (time, P(fake)) in time order, at most `limit` of them: a longer track is cut into
+    `limit` equal stretches of faces and each keeps its most suspicious one, so a short burst of high
+    scores stays visible in the plot. Scores rounded to 4 decimals (the plot needs no more)."""
+    ordered = sorted(faces, key=lambda f: (f.timestamp_s, f.frame_index))
+    if len(ordered) > limit > 0:
+        bounds = [round(i * len(ordered) / limit) for i in range(limit + 1)]
+        ordered = [max(ordered[a:b], key=lambda f: f.probability) for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [FramePoint(time_s=round(f.timestamp_s, 4), score=round(f.probability, 4)) for f in ordered]
+
+
 def aggregate_tracks(
     faces: Iterable[FaceScore],
     method: AggregationName = "mean",
     top_k: int = 5,
     suspicious_count: int = 3,
 ) -> list[TrackVerdict]:
-    """One `TrackVerdict` per track id seen in `faces`, in order of track id."""
+    """One `TrackVerdict` per track id seen in `faces`, in order of track id, each marked with whether
+    it decides the video (see `deciding_tracks`) and carrying its scores over time."""
     by_track: dict[int, list[FaceScore]] = defaultdict(list)
     for face in faces:
         by_track[face.track_id].append(face)
@@ -86,9 +98,11 @@ def aggregate_tracks(
                 first_time_s=min(times),
                 last_time_s=max(times),
                 suspicious_times_s=suspicious_times(track_faces, suspicious_count),
+                frame_scores=frame_points(track_faces),
             )
         )
-    return verdicts
+    deciding = {t.track_id for t in deciding_tracks(verdicts)}
+    return [t.model_copy(update={"decides": t.track_id in deciding}) for t in verdicts]
 
 
 # A track needs this many faces to decide the video, unless no track has that many.

@@ -31,6 +31,7 @@ from pipeline.crops import crop_faces
 from pipeline.decode import FrameBatch, Sampling, VideoDecodeError, VideoInfo, VideoStream, open_video, probe_video
 from pipeline.decode.prefetch import prefetch
 from pipeline.decode.types import DecodeStats
+from pipeline.evidence import EvidenceCollector, FaceView
 from pipeline.engine import InferenceEngine, InferenceOutOfMemory, load_engine, resolved_batch_size
 from pipeline.faces import FaceDetector, build_detector
 from pipeline.options import RANDOM_WEIGHTS_SEED, ScanOptions, random_model_version
@@ -116,6 +117,7 @@ class _FaceMeta:
     track_id: int
     frame_index: int
     timestamp_s: float
+    view: FaceView | None = None  # frame context, only while collecting evidence
 
 
 @dataclass
@@ -129,6 +131,7 @@ class _ScanState:
     timings: StageTimings = field(default_factory=StageTimings)
     decoder: str = ""
     warnings: list[str] = field(default_factory=list)
+    evidence: EvidenceCollector | None = None
 
     @property
     def pending(self) -> int:
@@ -268,11 +271,18 @@ class Scanner:
             self.engine.logits(crops)
         _synchronize(self.device)
 
-    def scan(self, path: str | Path, progress: ProgressCallback | None = None) -> Verdict:
-        """The verdict for one video; bad input gives `label="error"`, never an exception."""
+    def scan(
+        self, path: str | Path, progress: ProgressCallback | None = None, *, evidence_dir: Path | None = None
+    ) -> Verdict:
+        """The verdict for one video; bad input gives `label="error"`, never an exception.
+
+        `evidence_dir`: write evidence images of each track's most suspicious faces there (the folder
+        is replaced as a whole) and list them in the verdict (see pipeline/evidence.py)."""
         started = time.perf_counter()
         path = Path(path)
         state = _ScanState()
+        if evidence_dir is not None and self.options.suspicious_frames > 0:
+            state.evidence = EvidenceCollector(self.options.suspicious_frames)
         try:
             self._check_size(path)
             info = probe_video(path, self.options.max_frame_pixels)
@@ -298,10 +308,29 @@ class Scanner:
         score = video_score(tracks)
         state.counts.tracks = len(tracks)
         state.timings.aggregate_s = time.perf_counter() - aggregate_started
+        evidence = self._write_evidence(state, tracks, evidence_dir)
         state.timings.total_s = time.perf_counter() - started
-        return self._verdict(
+        verdict = self._verdict(
             path, state, label=video_label(score, self.decision.threshold), score=score, tracks=tracks
         )
+        return verdict if evidence is None else verdict.model_copy(update=evidence)
+
+    def _write_evidence(
+        self, state: _ScanState, tracks: list[TrackVerdict], evidence_dir: Path | None
+    ) -> dict[str, object] | None:
+        """The evidence pass over the chosen crops (pipeline/evidence.py); a failure to write is a warning."""
+        if evidence_dir is None or state.evidence is None:
+            return None
+        started = time.perf_counter()
+        try:
+            items = state.evidence.write(self.model, tracks, Path(evidence_dir), self.batch_size)
+        except OSError as error:
+            state.warnings.append(f"evidence not written to {evidence_dir}: {error}")
+            return None
+        finally:
+            state.evidence = None  # frees the kept crops and frames
+            state.timings.evidence_s = time.perf_counter() - started
+        return {"evidence_dir": str(evidence_dir), "evidence": items}
 
     def error_verdict(self, path: str | Path, reason: str) -> Verdict:
         """An `error` verdict for `path` (a file or URL, kept as given) that says `reason`, with this
@@ -396,6 +425,8 @@ class Scanner:
             positions.extend([position] * len(track_ids))
             boxes.append(found.boxes.to(torch.float32))
             meta.extend(_FaceMeta(track_id, index, timestamp) for track_id in track_ids)
+        if state.evidence is not None and meta:
+            state.evidence.attach(batch.frames, positions, torch.cat(boxes), meta)
         _synchronize(self.device)
         cropping = time.perf_counter()
         state.timings.detect_s += cropping - started
@@ -426,6 +457,8 @@ class Scanner:
         probabilities = self.decision.probabilities(logits)  # copies to the CPU, so it also synchronises
         for meta, probability in zip(state.pending_meta[:ready], probabilities, strict=True):
             state.faces.append(FaceScore(meta.track_id, meta.frame_index, meta.timestamp_s, probability))
+        if state.evidence is not None:
+            state.evidence.offer(state.pending_meta[:ready], crops[:ready], probabilities)
         state.pending_crops = [crops[ready:]] if ready < count else []
         state.pending_meta = state.pending_meta[ready:]
         state.timings.infer_s += time.perf_counter() - started

@@ -1,4 +1,6 @@
-"""What a scan returns: one pydantic `Verdict` per video, JSON all the way to the client."""
+"""What a scan returns: one pydantic `Verdict` per video, JSON all the way to the client.
+
+Fields added later have defaults, so verdicts stored by older versions still load."""
 
 from __future__ import annotations
 
@@ -7,6 +9,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 VerdictLabel = Literal["fake", "real", "no_face", "error"]
+
+
+class FramePoint(BaseModel):
+    """One face's P(fake) at its time in the video (a point of a track's score-over-time plot)."""
+
+    time_s: float
+    score: float
 
 
 class TrackVerdict(BaseModel):
@@ -20,6 +29,38 @@ class TrackVerdict(BaseModel):
     suspicious_times_s: list[float] = Field(
         default_factory=list, description="Timestamps of the most suspicious frames, most suspicious first"
     )
+    decides: bool | None = Field(
+        None,
+        description="Whether this track may set the video score (tracks seen in fewer frames than the others "
+        "are reported but do not decide); None in verdicts stored before this was recorded",
+    )
+    frame_scores: list[FramePoint] = Field(
+        default_factory=list,
+        description="P(fake) of the track's faces over time, in time order; long tracks are thinned to at most "
+        "MAX_FRAME_POINTS points, keeping the most suspicious face of each stretch",
+    )
+
+
+MAX_FRAME_POINTS = 600
+
+
+class EvidenceFrame(BaseModel):
+    """Images of one of the most suspicious faces of a track, written by the evidence pass.
+
+    File names are relative to `Verdict.evidence_dir`."""
+
+    track_id: int
+    rank: int = Field(description="1 = the most suspicious face of its track, 2 = the next, ...")
+    time_s: float
+    frame_index: int
+    score: float = Field(description="P(fake) of this face, as scored in the scan")
+    box: list[float] = Field(description="Face box in the frame's pixels, x1 y1 x2 y2")
+    crop: str = Field(description="The face crop the model judged (PNG)")
+    residual: str = Field(description="Heat map of |x - x~|, the face minus its authentic-like reconstruction (PNG)")
+    attention: str | None = Field(
+        None, description="The destruction-guided spatial attention over the crop (PNG); None without guidance"
+    )
+    frame: str = Field(description="The frame, scaled down, with the face box drawn (PNG)")
 
 
 class Counts(BaseModel):
@@ -40,6 +81,7 @@ class StageTimings(BaseModel):
     crop_s: float = 0.0
     infer_s: float = 0.0
     aggregate_s: float = 0.0
+    evidence_s: float = Field(0.0, description="The evidence pass (only when evidence was asked for)")
     total_s: float = 0.0
 
 
@@ -63,6 +105,10 @@ class Verdict(BaseModel):
         "'internal: ...' marks a failure of the scanner itself (a bug or exhausted resources), not of the input",
     )
     warnings: list[str] = Field(default_factory=list)
+    evidence_dir: str | None = Field(None, description="Where the evidence images were written; None: not asked for")
+    evidence: list[EvidenceFrame] = Field(
+        default_factory=list, description="Evidence images of the most suspicious faces of each track"
+    )
 
 
 def verdict_json_schema() -> dict[str, Any]:
