@@ -273,6 +273,7 @@ def http_files(media: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     served = tmp_path_factory.mktemp("served")
     (served / "big.mp4").write_bytes(os.urandom(2_000_000))  # over the 1 MB cap
     shutil.copy(media / "face.mp4", served / "face.mp4")
+    shutil.copy(media / "corrupt.mp4", served / "corrupt.mp4")
     handler = functools.partial(MediaHandler, directory=str(served))
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     httpd.daemon_threads = True
@@ -376,6 +377,8 @@ def test_bad_inputs_give_error_verdicts_and_workers_keep_running(
         str(media / "truncated.mp4"): "truncated",
         f"{http_files}/big.mp4": "download too large",
         f"{http_files}/missing.mp4": "HTTP 404",
+        f"{http_files}/corrupt.mp4": f"not a readable video file (unrecognised format, or truncated/corrupt container): "
+        f"{http_files}/corrupt.mp4",  # named by its URL, not by the worker's temporary file
     }
     job_ids = {text: enqueue_scan(connection, settings, text).job_id for text in cases}
     good = enqueue_scan(connection, settings, f"{http_files}/face.mp4").job_id

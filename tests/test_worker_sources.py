@@ -124,7 +124,7 @@ def test_probing_at_enqueue_does_not_import_torch(face_clip_h264: Path) -> None:
         cwd=repo,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=300,  # a loaded machine: importing PyAV under nice can take a while
         check=True,
     )
     probed = json.loads(result.stdout)
@@ -218,3 +218,23 @@ def test_settings_allow_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RALF_URL_ALLOW", "not a host!")
     with pytest.raises(ValueError, match="neither"):
         Settings()
+
+
+def test_enqueue_checks_the_size_before_hashing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 5 GiB upload over the 4 GiB limit is refused at once, not after reading it all to hash it."""
+    from worker import queue
+    from worker.settings import Settings
+
+    huge = tmp_path / "huge.mp4"
+    with huge.open("wb") as handle:  # sparse: takes no disk space
+        handle.truncate(5 * 1024**3)
+
+    def no_hashing(path: object) -> str:
+        raise AssertionError("the file was hashed before its size was checked")
+
+    monkeypatch.setattr(queue, "sha256_file", no_hashing)
+    settings = Settings(media_roots=[tmp_path])
+    with pytest.raises(SourceRefused, match=r"file too large: .*huge.mp4 has 5368709120 bytes, the limit is 4294967296"):
+        queue.build_scan_job(str(huge), settings, version="v")
+    with pytest.raises(SourceRefused, match="the limit is 1000"):
+        queue.build_scan_job(str(huge), settings.model_copy(update={"max_file_bytes": 1000}), version="v")

@@ -30,6 +30,7 @@ from worker.jobs import JOB_FUNCTION, ScanJob, ScanOverrides, job_id_for, shared
 from worker.settings import PRIORITIES, Priority, Settings
 from worker.addresses import Resolver, system_resolver
 from worker.sources import SourceRefused, check_source, sha256_file
+from worker.webhooks import CallbackRefused, check_callback_url, register_callback
 
 log = logging.getLogger(__name__)
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
@@ -127,7 +128,7 @@ def build_scan_job(
     `resolver` (host, port -> addresses) resolves URL hosts for the address check; tests pass their own."""
     source = check_source(text, settings.media_roots, settings.url_policy(), resolver or system_resolver)
     if source.kind == "file":
-        size, limit = Path(source.location).stat().st_size, settings.scan_options().max_file_bytes
+        size, limit = Path(source.location).stat().st_size, settings.max_file_bytes
         if size > limit:  # before hashing: reading a huge file only to refuse it would take minutes
             raise SourceRefused(f"file too large: {source.location} has {size} bytes, the limit is {limit}")
     content_hash = sha256_file(source.location) if source.kind == "file" else None
@@ -153,8 +154,17 @@ def enqueue_scan(
     overrides: ScanOverrides | None = None,
     version: str | None = None,
     resolver: Resolver | None = None,
+    callback: str | None = None,
 ) -> EnqueuedJob:
-    """One job per video; the same video (content), model and options map to the same job id."""
+    """One job per video; the same video (content), model and options map to the same job id.
+
+    `callback`: an http(s) URL that gets the verdict (signed POST, worker/webhooks.py) when the job
+    ends; added to an existing job too (each submitter of shared content gets their own call)."""
+    if callback is not None:
+        try:
+            callback = check_callback_url(callback, settings, resolver)
+        except CallbackRefused as exc:
+            raise EnqueueRefused(str(exc)) from None
     payload, duration = build_scan_job(
         text,
         settings,
@@ -188,6 +198,8 @@ def enqueue_scan(
         requeued = requeue_if_orphan(connection, settings, job_id, origin)
         if requeued:
             existing.refresh()
+        if callback is not None:
+            register_callback(connection, settings, job_id, callback)
         return EnqueuedJob(
             job_id=job_id,
             source=payload.source,
@@ -197,6 +209,8 @@ def enqueue_scan(
             timeout_s=existing.timeout,
             requeued=requeued,
         )
+    if callback is not None:
+        register_callback(connection, settings, job.id, callback)
     return EnqueuedJob(
         job_id=job.id, source=payload.source, queue=queue.name, status=_status(job), created=True, timeout_s=timeout
     )

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline.options import DecoderName, DetectorName, DeviceName, EngineName, ScanOptions
@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     max_frame_pixels: int = Field(
         _SCAN_DEFAULTS.max_frame_pixels, ge=1, description="Larger frames give an error verdict; above 4K they are scaled down"
     )
+    max_file_bytes: int = Field(
+        _SCAN_DEFAULTS.max_file_bytes, ge=1, description="Larger files are refused at enqueue (before hashing) and by scans"
+    )
 
     # --- results and failures -----------------------------------------------------------
     result_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="How long verdicts are kept")
@@ -111,16 +114,45 @@ class Settings(BaseSettings):
         15, ge=3, description="A worker silent this long is dead and its job is re-queued"
     )
 
-    @field_validator("media_roots", "retry_intervals_s", "url_allow", mode="before")
+    # --- evidence, metrics and webhooks ---------------------------------------------------
+    evidence_dir: Path | None = Field(
+        None, description="Workers write each job's evidence images into <dir>/<job id>/ (unset: no evidence)"
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Workers serve Prometheus metrics on this port (0: any free one; unset: none)"
+    )
+    metrics_host: str = Field("0.0.0.0", description="Address the metrics server listens on")
+    callback_url: str | None = Field(
+        None, description="Webhook for jobs enqueued without --callback (http(s); the URL address rules apply)"
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="Shared secret of the webhooks' HMAC-SHA256 signature (required for callbacks)"
+    )
+    webhook_retry_intervals_s: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [10, 30, 120, 600, 1800, 3600],
+        description="Back-off between webhook attempts, seconds (attempts = entries + 1)",
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Deadline of one webhook POST, seconds")
+
+    @field_validator("media_roots", "retry_intervals_s", "url_allow", "webhook_retry_intervals_s", mode="before")
     @classmethod
     def _env_list(cls, value: object) -> object:
         return _split_list(value)
 
-    @field_validator("retry_intervals_s")
+    @field_validator("retry_intervals_s", "webhook_retry_intervals_s")
     @classmethod
-    def _non_negative(cls, value: list[int]) -> list[int]:
+    def _non_negative(cls, value: list[float]) -> list[float]:
         if any(v < 0 for v in value):
             raise ValueError("retry intervals must be >= 0 seconds")
+        return value
+
+    @field_validator("callback_url")
+    @classmethod
+    def _http_callback(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None
+        if value is not None and not value.lower().startswith(("http://", "https://")):
+            raise ValueError("the callback URL must be an http(s) URL")
         return value
 
     @field_validator("media_roots")
@@ -167,6 +199,7 @@ class Settings(BaseSettings):
             "batch_size": self.batch_size,
             "chunk_size": self.chunk_size,
             "max_frame_pixels": self.max_frame_pixels,
+            "max_file_bytes": self.max_file_bytes,
         }
         for name in ("target_fps", "every_n", "max_frames"):
             if getattr(self, name) is not None:
