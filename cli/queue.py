@@ -37,6 +37,7 @@ from worker.queue import (
 )
 from worker.settings import Priority, Settings, WorkerMode
 from worker.sources import SourceRefused
+from worker.webhooks import CallbackRefused, check_callback_url
 
 out = Console()
 err = Console(stderr=True)
@@ -75,9 +76,24 @@ def enqueue(
     max_frames: Annotated[int | None, typer.Option(min=1, help="Sample at most this many frames")] = None,
     aggregation: Annotated[AggregationName | None, typer.Option(help="Frame-to-track score aggregation")] = None,
     wait_timeout: Annotated[float, typer.Option(help="Give up waiting after this many seconds")] = 24 * 3600.0,
+    callback: Annotated[
+        str | None,
+        typer.Option(
+            help="POST the verdict here when the job ends, signed with RALF_WEBHOOK_SECRET "
+            "[default: $RALF_CALLBACK_URL]",
+            metavar="URL",
+        ),
+    ] = None,
 ) -> None:
     """Put one scan job per video on the queue and print the job ids (the same video twice gives the same job)."""
     settings = _settings()
+    callback = callback or settings.callback_url
+    if callback is not None:
+        try:
+            check_callback_url(callback, settings)
+        except CallbackRefused as exc:
+            err.print(f"[red]{escape(str(exc))}[/red]")
+            raise typer.Exit(2) from None
     try:
         overrides = ScanOverrides(
             every_n=every_n, target_fps=target_fps, max_frames=max_frames, aggregation=aggregation
@@ -100,7 +116,14 @@ def enqueue(
         try:
             accepted.append(
                 enqueue_scan(
-                    connection, settings, text, priority=priority, force=force, overrides=overrides, version=version
+                    connection,
+                    settings,
+                    text,
+                    priority=priority,
+                    force=force,
+                    overrides=overrides,
+                    version=version,
+                    callback=callback,
                 )
             )
         except (SourceRefused, EnqueueRefused) as exc:
@@ -311,6 +334,10 @@ def worker_command(
     name: Annotated[str | None, typer.Option(help="Worker name (default: random)")] = None,
     warm_up: Annotated[bool, typer.Option(help="Run one warm-up scan before taking jobs")] = True,
     max_jobs: Annotated[int | None, typer.Option(min=1, help="Quit after this many jobs")] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="Serve Prometheus metrics on this port [default: $RALF_METRICS_PORT, else none]"),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a queue worker: model loaded and warmed up once per process; high, default, low queues in turn.
@@ -328,6 +355,7 @@ def worker_command(
             name=name,
             mode=mode,
             warm_up=warm_up,
+            metrics_port=metrics_port,
             default_result_ttl=settings.result_ttl_s,
             maintenance_interval=60,
         )

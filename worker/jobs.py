@@ -319,6 +319,14 @@ def note_crashed_attempt(rq_job: Job) -> None:
     rq_job.meta[CRASH_META] = int(rq_job.meta.get(CRASH_META, 0)) + 1
 
 
+def evidence_folder(settings: Settings, job: ScanJob, rq_job: Job | None) -> Path | None:
+    """Where this job's evidence images go: <RALF_EVIDENCE_DIR>/<job id>/ (None: not configured)."""
+    if settings.evidence_dir is None:
+        return None
+    job_id = rq_job.id if rq_job is not None else job_id_for(job, settings.key_prefix)
+    return settings.evidence_dir / job_id
+
+
 def scan_job(job: ScanJob, settings: Settings, rq_job: Job | None = None) -> Verdict:
     """Run one payload to a verdict (the testable core of `run_scan_job`)."""
     from pipeline.engine import InferenceOutOfMemory
@@ -332,7 +340,7 @@ def scan_job(job: ScanJob, settings: Settings, rq_job: Job | None = None) -> Ver
             if job.kind == "file" and job.content_hash and sha256_file(path) != job.content_hash:
                 warnings.append("the file changed after it was enqueued; the verdict is for its current content")
             progress.update("scanning", force=True)
-            verdict = scanner.scan(path, progress=progress)
+            verdict = scanner.scan(path, progress=progress, evidence_dir=evidence_folder(settings, job, rq_job))
             if verdict.error:
                 # The scanner names the file it read: a download's temporary file (the user knows the
                 # URL), or the first submitter's path (not for the others' eyes, see shared_reference).

@@ -26,6 +26,13 @@ Three more duties, whichever command started it:
 - retries come back on time: the liveness thread (not rq's scheduler process, whose lock outlives a
   killed worker by a minute) moves jobs whose back-off is over to their queue.
 
+Two more services, from the main process only (forked horses die after each job):
+- metrics (`metrics_port`, RALF_METRICS_PORT): each job's outcome is read back from Redis when the
+  job is over and recorded in Prometheus metrics (worker/metrics.py);
+- webhooks: a job's callbacks are scheduled once its result is stored (`handle_job_success` /
+  `handle_job_failure`), and a sender thread delivers them (worker/webhooks.py); a burst worker
+  delivers what is due before it leaves.
+
 Use it as `ralf-cli worker`, or as `rq worker ... --worker-class worker.workers.ScanWorker`.
 A plain `rq worker` without `--worker-class worker.workers.ScanWorker` runs whatever a job names:
 never point one at these queues.
@@ -50,8 +57,11 @@ from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
 from worker.handover import claim_next, claims_key, release_claim, return_claims
+from pipeline.verdict import Verdict
 from worker.jobs import job_refusal, note_crashed_attempt, preload_scanner, worker_settings
 from worker.liveness import LivenessBeat
+from worker.metrics import WorkerMetrics
+from worker.webhooks import WebhookSender, schedule_callbacks
 from worker.settings import Settings, WorkerMode
 
 log = logging.getLogger(__name__)
@@ -79,6 +89,7 @@ class ScanWorker(Worker):
         *args: Any,
         mode: WorkerMode | None = None,
         warm_up: bool = True,
+        metrics_port: int | None = None,
         **kwargs: Any,
     ) -> None:
         # JSON is the only wire format of this project. `rq worker` passes its pickle default unless
@@ -94,6 +105,10 @@ class ScanWorker(Worker):
         self.warm_up = warm_up
         self._liveness: LivenessBeat | None = None
         self._job_threads = 0
+        self.metrics_port = metrics_port if metrics_port is not None else self.settings.metrics_port
+        self.metrics = WorkerMetrics() if self.metrics_port is not None else None
+        self._webhooks: WebhookSender | None = None
+        self._burst = False
 
     @property
     def fork_jobs(self) -> bool:
@@ -120,6 +135,17 @@ class ScanWorker(Worker):
         )
         for warning in scanner.warnings:
             self.log.warning("Worker %s: %s", self.name, warning)
+        if self.metrics is not None:
+            self.metrics.set_model(
+                version=scanner.model_version,
+                engine=scanner.engine.name,
+                device=str(scanner.device),
+                detector=scanner.detector.name,
+                decoder=scanner.options.decoder,
+                batch_size=scanner.batch_size,
+                weights_random=scanner.weights_random,
+                mode=self.mode,
+            )
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         # rq's scheduler process holds its lock for a minute after its worker is killed, and retries
@@ -127,7 +153,12 @@ class ScanWorker(Worker):
         if kwargs.get("with_scheduler"):
             self.log.info("Worker %s: retries are moved by the liveness thread; rq's scheduler is not started", self.name)
         kwargs["with_scheduler"] = False
+        self._burst = bool(kwargs.get("burst", args[0] if args else False))
         self.prepare_model()
+        if self.metrics is not None and self.metrics_port is not None:
+            self.metrics.watch_queues(self.connection, self.settings)
+            port = self.metrics.serve(self.metrics_port, self.settings.metrics_host)
+            self.log.info("Worker %s: Prometheus metrics on %s:%d/metrics", self.name, self.settings.metrics_host, port)
         return super().work(*args, **kwargs)
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
@@ -135,6 +166,8 @@ class ScanWorker(Worker):
         # Claims under our name belong to an earlier process of the same name, which is gone.
         self._give_back_claims("left by an earlier worker of this name")
         self._liveness = LivenessBeat(self.connection, self.settings, self.name, queues=self.queues).start()
+        on_outcome = self.metrics.record_webhook if self.metrics is not None else None
+        self._webhooks = WebhookSender(self.connection, self.settings, on_outcome=on_outcome).start()
 
     def teardown(self) -> None:
         if not self.is_horse:
@@ -142,6 +175,15 @@ class ScanWorker(Worker):
                 self._give_back_claims("not started before the worker stopped")
             if self._liveness is not None:
                 self._liveness.stop()
+            if self._webhooks is not None:
+                self._webhooks.stop()
+                if self._burst:  # nobody may come after a burst worker: send what is due now
+                    with contextlib.suppress(redis.RedisError):
+                        deadline = time.monotonic() + 2 * self.settings.webhook_timeout_s
+                        while time.monotonic() < deadline and self._webhooks.deliver_due():
+                            pass
+            if self.metrics is not None:
+                self.metrics.stop()
         super().teardown()
 
     def _give_back_claims(self, why: str) -> None:
@@ -253,10 +295,47 @@ class ScanWorker(Worker):
         self.handle_job_failure(job, queue, exc_string=f"JobRefused: {reason}")
         release_claim(self.connection, self.settings, self.name, job.id)
 
+    # --- outcomes: webhooks and metrics ----------------------------------------------------------
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any) -> None:
+        super().handle_job_success(job, queue, started_job_registry)  # the verdict is stored here
+        self._schedule_callbacks(job, "finished")
+
+    def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "") -> None:
+        super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string)
+        # Only a failure for good is announced (a retry may still finish), and never for a refused
+        # job: it was not enqueued by a client of this project.
+        if job.get_status(refresh=False) == JobStatus.FAILED and not exc_string.startswith("JobRefused"):
+            self._schedule_callbacks(job, "failed")
+
+    def _schedule_callbacks(self, job: Job, event: str) -> None:
+        try:
+            schedule_callbacks(self.connection, self.settings, job.id, job.created_at, event)
+        except redis.RedisError as exc:  # the result is stored; only the notification is lost
+            self.log.error("Worker %s: webhooks of job %s not scheduled: %s", self.name, job.id, exc)
+
+    def _record_outcome(self, job: Job) -> None:
+        """Metrics of a job that is over, read back from Redis (a forked horse counted nothing)."""
+        if self.metrics is None:
+            return
+        try:
+            status = job.get_status(refresh=True)
+            if status == JobStatus.FINISHED:
+                value = job.return_value(refresh=True)
+                if value is not None:
+                    self.metrics.record_verdict(Verdict.model_validate(value))
+            elif status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+                self.metrics.record_outcome("failed")
+            else:  # scheduled or queued again (or already taken by another worker): a retry
+                self.metrics.record_outcome("retried")
+        except Exception as exc:  # noqa: BLE001 - metrics never cost a job or the worker
+            self.log.warning("Worker %s: no metrics for job %s: %s", self.name, job.id, exc)
+
     def execute_job(self, job: Job, queue: Queue) -> None:
         reason = job_refusal(job)
         if reason is not None:
             self.refuse(job, queue, reason)
+            if self.metrics is not None:
+                self.metrics.record_outcome("failed")
             self.set_state(WorkerStatus.IDLE)
             return
         try:
@@ -274,6 +353,7 @@ class ScanWorker(Worker):
             self.monitor_work_horse(job, queue)
         else:  # what rq.SimpleWorker does: no fork, the preloaded model (and its CUDA context) is used here
             self.perform_job(job, queue)
+        self._record_outcome(job)
         self.set_state(WorkerStatus.IDLE)
 
     def perform_job(self, job: Job, queue: Queue) -> bool:
