@@ -159,20 +159,40 @@ URL_MESSAGE = (
 )
 
 
-def scan_all(scanner: Scanner, paths: Sequence[Path | str], *, show_progress: bool) -> list[Verdict]:
-    """One verdict per path; a failure of the scanner itself becomes an 'internal: ...' error verdict."""
+def evidence_dirs(root: Path, paths: Sequence[Path | str]) -> list[Path]:
+    """One evidence folder per video under `root`, named after the file (`clip`, then `clip-2`, ... when
+    two videos of the scan share a name)."""
+    taken: set[str] = set()
+    folders = []
+    for given in paths:
+        stem = Path(str(given)).stem or "video"
+        name, number = stem, 1
+        while name in taken:
+            number += 1
+            name = f"{stem}-{number}"
+        taken.add(name)
+        folders.append(root / name)
+    return folders
+
+
+def scan_all(
+    scanner: Scanner, paths: Sequence[Path | str], *, show_progress: bool, evidence_root: Path | None = None
+) -> list[Verdict]:
+    """One verdict per path; a failure of the scanner itself becomes an 'internal: ...' error verdict.
+    With `evidence_root`, each video's evidence images go to its own folder under it."""
     from pipeline.scan import INTERNAL_ERROR_PREFIX
     from worker.sources import has_url_scheme, redact_url
 
     verdicts = []
+    folders = evidence_dirs(evidence_root, paths) if evidence_root is not None else [None] * len(paths)
     with _progress_bars(show_progress) as progress:
-        for given in paths:
+        for given, folder in zip(paths, folders):
             if isinstance(given, str) and has_url_scheme(given):
                 verdicts.append(scanner.error_verdict(redact_url(given), URL_MESSAGE))
                 continue
             path = Path(given)
             try:
-                verdict = scanner.scan(path, progress=_progress_for(progress, path))
+                verdict = scanner.scan(path, progress=_progress_for(progress, path), evidence_dir=folder)
             except Exception as exc:  # noqa: BLE001  (reported per video; the other videos still get scanned)
                 verdict = scanner.internal_error_verdict(path, exc)
                 err.print(f"[red]{escape(verdict.error or INTERNAL_ERROR_PREFIX)}[/red] while scanning {escape(str(path))}")
@@ -251,6 +271,15 @@ def scan(
     preset: Annotated[
         str | None, typer.Option(help="Model preset of the random model (tiny | lite | paper), with --random-weights")
     ] = None,
+    evidence: Annotated[
+        Path | None,
+        typer.Option(
+            "--evidence",
+            help="Write evidence PNGs (crop, |x - x~| heat map, attention, frame with box) of each track's most "
+            "suspicious faces into DIR/<video name>/; the verdict lists them (see ralf-cli report)",
+            metavar="DIR",
+        ),
+    ] = None,
 ) -> None:
     """Scan videos in this process and print a verdict per video (exit 0 clean, 1 fake found, 2 error)."""
     settings = _load_settings()
@@ -270,7 +299,7 @@ def scan(
     )
     chosen = _chosen_weights(weights, random_weights, settings)
     scanner = _build_scanner(options, chosen, preset or settings.random_preset)
-    verdicts = scan_all(scanner, paths, show_progress=err.is_terminal)
+    verdicts = scan_all(scanner, paths, show_progress=err.is_terminal, evidence_root=evidence)
     if as_json:
         for verdict in verdicts:
             sys.stdout.write(verdict.model_dump_json() + "\n")

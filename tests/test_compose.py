@@ -112,3 +112,16 @@ def test_worker_service_is_a_scalable_gpu_service(name: str) -> None:
     # --scale worker=N needs no fixed container name and no published host port.
     assert "container_name" not in service and "ports" not in service
     assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+@pytest.mark.parametrize("name", ["worker", "rq-worker"])
+def test_every_worker_exposes_its_metrics_port_to_the_scrape_config(name: str) -> None:
+    service = SERVICES[name]
+    port = int(service["environment"]["RALF_METRICS_PORT"])
+    assert str(port) in [str(p) for p in service["expose"]]
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    targets = [sd for job in scrape["scrape_configs"] for sd in job.get("dns_sd_configs", [])]
+    assert any(name in sd["names"] and sd["port"] == port for sd in targets)
+    prometheus = SERVICES["prometheus"]
+    assert prometheus["profiles"] == ["metrics"]
+    assert any(volume.startswith("./deploy/prometheus.yml:") for volume in prometheus["volumes"])
