@@ -160,6 +160,21 @@ def _note_crash(connection: Redis, job_id: str, serializer: object) -> None:
         log.warning("could not mark job %s as crashed: %s", job_id, exc)
 
 
+def _announce_failed(connection: Redis, settings: Settings, job_ids: list[str], serializer: object) -> None:
+    """Jobs that rq's cleanup just failed for good (no retry left) get their webhooks (worker/webhooks.py)."""
+    from rq.job import JobStatus
+
+    from worker.webhooks import schedule_callbacks
+
+    for job_id in job_ids:
+        try:
+            job = Job.fetch(job_id, connection=connection, serializer=serializer)
+            if job.get_status(refresh=False) == JobStatus.FAILED:
+                schedule_callbacks(connection, settings, job_id, job.created_at, "failed")
+        except Exception as exc:  # noqa: BLE001 - best effort: the failure itself is recorded
+            log.warning("webhooks of failed job %s not scheduled: %s", job_id, exc)
+
+
 def dead_workers(connection: Redis, settings: Settings, names: set[str]) -> set[str]:
     """Those of `names` that published liveness once and whose key has expired since."""
     candidates = [n for n in names if n and connection.sismember(members_key(settings), n)]
@@ -212,6 +227,7 @@ def requeue_abandoned(connection: Redis, settings: Settings, queues: list[Queue]
             connection.zadd(registry.key, {key: 0 for key in expired}, xx=True)
             registry.cleanup(timestamp=1)  # only the entries scored 0 above are old enough
             recovered.extend(key.split(":", 1)[0] for key in expired)
+            _announce_failed(connection, settings, [key.split(":", 1)[0] for key in expired], queue.serializer)
             log.warning("re-queued jobs of dead workers %s: %s", sorted(dead), recovered)
         for name in _forgettable(connection, settings):
             # Jobs it took off a queue but never started go back to the front of their queue.
