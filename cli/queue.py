@@ -37,7 +37,7 @@ from worker.queue import (
 )
 from worker.settings import Priority, Settings, WorkerMode
 from worker.sources import SourceRefused
-from worker.webhooks import CallbackRefused, check_callback_url
+from worker.webhooks import CallbackRefused, check_callback_url, job_deliveries
 
 out = Console()
 err = Console(stderr=True)
@@ -260,16 +260,22 @@ def status(
     job_id: Annotated[str, typer.Argument(help="Job id printed by enqueue")],
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Where a job stands: queued, started (with progress), finished, failed (with the reason)."""
+    """Where a job stands: queued, started (with progress), finished, failed (with the reason), and its
+    webhook deliveries (receiver host, state, attempts, last error)."""
     settings = _settings()
-    state = job_state(_load_job(job_id, settings))
+    job = _load_job(job_id, settings)
+    state = job_state(job)
+    deliveries = [vars(d) for d in job_deliveries(job.connection, settings, job.id, job.created_at)]
     if as_json:
-        _print_json(state.model_dump(mode="json"))
+        _print_json({**state.model_dump(mode="json"), "webhooks": deliveries})
         return
     table = Table(show_header=False, box=None)
     for name, value in state.model_dump().items():
         if value is not None:
             table.add_row(name, f"{value:.0%}" if name == "progress" else str(value))
+    for delivery in deliveries:
+        error = f" ({delivery['last_error']})" if delivery["last_error"] else ""
+        table.add_row("webhook", f"{delivery['url']}: {delivery['status']}, {delivery['attempts']} attempt(s){error}")
     out.print(table)
 
 
