@@ -358,7 +358,7 @@ class WebhookSender:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                sent = self.deliver_due()
+                sent = self.deliver_due(stoppable=True)
             except RedisError as exc:
                 log.warning("webhook deliveries paused: %s", exc)
                 sent = 0
@@ -368,14 +368,16 @@ class WebhookSender:
             if not sent:
                 self._stop.wait(self.poll_s)
 
-    def deliver_due(self) -> int:
-        """Claim and attempt the deliveries that are due now; returns how many were attempted."""
+    def deliver_due(self, *, stoppable: bool = False) -> int:
+        """Claim and attempt the deliveries that are due now; returns how many were claimed.
+        `stoppable`: give up the rest of the batch once `stop` was called (they stay leased and
+        come back when the lease ends)."""
         now = time.time()
         lease = now + self.settings.webhook_timeout_s + _CLAIM_LEASE_EXTRA_S
         claimed = [_text(i) for i in self._claim(keys=[due_key(self.settings)], args=[now, lease, _CLAIM_BATCH])]
         for ident in claimed:
-            if self._stop.is_set() and self._thread is not None:
-                break  # the rest stay leased and come back when the lease ends
+            if stoppable and self._stop.is_set():
+                break
             self.attempt(ident)
         return len(claimed)
 
