@@ -85,17 +85,17 @@ def verdict_in_words(v: Verdict) -> str:
             "this says nothing about whether the video is manipulated."
         )
     assert v.score is not None and worst is not None
-    who = f"person {worst.track_id}" if len(v.tracks) > 1 else "the person"
+    who = f"person {worst.track_id}" if len(v.tracks) > 1 else "the one person found"
     when = f"seen {fmt_time(worst.first_time_s)}–{fmt_time(worst.last_time_s)}"
+    people = len(deciding)  # tracks seen too briefly to decide are listed under "What was not looked at"
+    among = f", the most suspicious of {people} people," if people > 1 else ""
     if v.label == "fake":
         return (
-            f"Likely manipulated: {who} ({when}) scored P(fake) {v.score:.2f}, at or above the threshold "
+            f"Likely manipulated: {who} ({when}){among} scored P(fake) {v.score:.2f}, at or above the threshold "
             f"{threshold}. One manipulated face is enough to flag the video."
         )
-    return (
-        f"No manipulation found: the most suspicious face track, {who} ({when}), scored P(fake) {v.score:.2f}, "
-        f"below the threshold {threshold}."
-    )
+    return f"No manipulation found: {who} ({when}){among} scored P(fake) {v.score:.2f}, below the threshold {threshold}."
+
 
 
 def _image_uri(path: Path, jpeg: bool = False, max_side: int | None = None) -> str | None:
