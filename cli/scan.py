@@ -192,7 +192,8 @@ def scan_all(
                 continue
             path = Path(given)
             try:
-                verdict = scanner.scan(path, progress=_progress_for(progress, path), evidence_dir=folder)
+                evidence = {"evidence_dir": folder} if folder is not None else {}
+                verdict = scanner.scan(path, progress=_progress_for(progress, path), **evidence)
             except Exception as exc:  # noqa: BLE001  (reported per video; the other videos still get scanned)
                 verdict = scanner.internal_error_verdict(path, exc)
                 err.print(f"[red]{escape(verdict.error or INTERNAL_ERROR_PREFIX)}[/red] while scanning {escape(str(path))}")

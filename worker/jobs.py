@@ -340,7 +340,9 @@ def scan_job(job: ScanJob, settings: Settings, rq_job: Job | None = None) -> Ver
             if job.kind == "file" and job.content_hash and sha256_file(path) != job.content_hash:
                 warnings.append("the file changed after it was enqueued; the verdict is for its current content")
             progress.update("scanning", force=True)
-            verdict = scanner.scan(path, progress=progress, evidence_dir=evidence_folder(settings, job, rq_job))
+            folder = evidence_folder(settings, job, rq_job)
+            evidence = {"evidence_dir": folder} if folder is not None else {}
+            verdict = scanner.scan(path, progress=progress, **evidence)
             if verdict.error:
                 # The scanner names the file it read: a download's temporary file (the user knows the
                 # URL), or the first submitter's path (not for the others' eyes, see shared_reference).
