@@ -22,6 +22,15 @@ old behaviour and the new one in the same run, so the baseline is measured, not 
 - retinaface-640: RetinaFace at the working resolution, prefetch, the other defaults.
 Reported per clip and configuration: seconds per minute of video, each stage's seconds and share,
 frames and faces, and the speed-up against `before`.
+
+Decode mode (`--decode`): decoding alone at the default sampling (2 frames/s, or --fps / --max-frames),
+every frame decoded vs only what the sampling needs (`ScanOptions.decode_skip`, pipeline/decode/skipping.py),
+interleaved in the same run, on the shared real clips and a generated 1080p clip encoded the way cameras
+and streaming encoders do (x264 veryfast: B-frames, keyframe every 2 s). Reports wall and CPU seconds
+(CPU: all decoder threads of the process, the fairer figure on a loaded machine), frames left undecoded,
+and whether the sampled frames were bit-identical:
+
+    .venv/bin/python benchmarks/pipeline.py --decode [--seconds 10] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -97,7 +106,9 @@ def naive_scan(scanner: Scanner, clip: Path) -> tuple[int, list[torch.Tensor]]:
 
 
 FOOTAGE_CONFIGS: dict[str, dict[str, object]] = {
-    "before": {"detector": "mtcnn", "detect_max_side": 0, "prefetch": 0, "decoder": "pyav", "batch_size": 32},
+    "before": {
+        "detector": "mtcnn", "detect_max_side": 0, "prefetch": 0, "decoder": "pyav", "batch_size": 32, "decode_skip": False,
+    },
     "mtcnn-640": {"detector": "mtcnn"},
     "retinaface-640": {"detector": "retinaface"},
 }
@@ -164,6 +175,66 @@ def footage_benchmark(args: argparse.Namespace) -> None:
                 )
 
 
+# How cameras and streaming services encode: B-frames (x264's default 3, pyramid) and a keyframe
+# every 2 s; the footage clips above use ultrafast/zerolatency (no B-frames), where skipping finds nothing.
+CAMERA_LIKE_X264 = {"preset": "veryfast", "crf": "20", "x264-params": "keyint=60:min-keyint=60:bframes=3:b-pyramid=normal"}
+
+
+def decode_benchmark(args: argparse.Namespace) -> None:
+    from pipeline.decode import Sampling, probe_video
+
+    if args.max_frames:
+        sampling = Sampling(max_frames=args.max_frames)
+    else:
+        sampling = Sampling(target_fps=args.fps)
+    with tempfile.TemporaryDirectory(prefix="ralf-decode-") as workdir:
+        clips = sorted(SHARED_VIDEOS.glob("*/*.mp4")) if SHARED_VIDEOS.is_dir() else []
+        clips.append(
+            write_face_clip(
+                Path(workdir) / "camera_like_1080p.mp4", codec="h264", num_frames=round(args.seconds * 30), fps=30.0,
+                size=(1920, 1080), encoder_options=CAMERA_LIKE_X264,
+            )
+        )
+        print(
+            f"decode mode | sampling {sampling.model_dump(exclude_none=True)} | PyAV, frame threads | "
+            f"best of {args.repeats} interleaved rounds after a warm-up"
+        )
+        print(f"{'clip':<42}{'frames':>7}{'kept':>5}{'skipped':>8}{'wall all':>9}{'wall need':>10}{'ratio':>7}"
+              f"{'cpu all':>9}{'cpu need':>9}{'ratio':>7}  identical")
+        for clip in clips:
+            info = probe_video(clip)
+
+            def run(skip: bool, clip: Path = clip) -> tuple[float, float, list, int]:
+                wall, cpu = time.perf_counter(), time.process_time()
+                with open_video(clip, backend="pyav", sampling=sampling, skip_unneeded=skip) as stream:
+                    batches = list(stream)
+                    skipped = stream.stats.skipped_frames
+                return time.perf_counter() - wall, time.process_time() - cpu, batches, skipped
+
+            run(False)
+            run(True)
+            best = {False: [float("inf"), float("inf")], True: [float("inf"), float("inf")]}
+            outputs: dict[bool, tuple[list, int]] = {}
+            for _ in range(args.repeats):
+                for skip in (False, True):
+                    wall, cpu, batches, skipped = run(skip)
+                    best[skip] = [min(best[skip][0], wall), min(best[skip][1], cpu)]
+                    outputs[skip] = (batches, skipped)
+            full, need = outputs[False][0], outputs[True][0]
+            identical = (
+                [i for b in full for i in b.indices] == [i for b in need for i in b.indices]
+                and [t for b in full for t in b.timestamps_s] == [t for b in need for t in b.timestamps_s]
+                and all(torch.equal(a.frames, b.frames) for a, b in zip(full, need, strict=True))
+            )
+            kept = sum(len(b) for b in need)
+            name = f"{clip.name} ({info.width}x{info.height} {info.codec})"
+            print(
+                f"{name:<42}{info.num_frames or 0:>7}{kept:>5}{outputs[True][1]:>8}{best[False][0]:>9.2f}{best[True][0]:>10.2f}"
+                f"{best[False][0] / best[True][0]:>6.2f}x{best[False][1]:>9.2f}{best[True][1]:>9.2f}"
+                f"{best[False][1] / best[True][1]:>6.2f}x  {'yes' if identical else 'NO'}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--footage", action="store_true", help="Real-footage mode: 720p/1080p, before vs after")
@@ -174,7 +245,13 @@ def main() -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=1, help="Timed runs per path (after one untimed run)")
+    parser.add_argument("--decode", action="store_true", help="Decode mode: every frame vs only what sampling needs")
+    parser.add_argument("--fps", type=float, default=2.0, help="Sampling rate in decode mode")
+    parser.add_argument("--max-frames", type=int, default=None, help="Decode mode: sample this many frames instead")
     args = parser.parse_args()
+    if args.decode:
+        decode_benchmark(args)
+        return
     if args.footage:
         footage_benchmark(args)
         return

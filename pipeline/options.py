@@ -38,6 +38,11 @@ class ScanOptions(BaseModel):
     max_frames: int | None = Field(None, ge=1)
 
     chunk_size: int = Field(32, ge=1, description="Sampled frames decoded and detected together")
+    decode_skip: bool = Field(
+        True,
+        description="PyAV leaves frames the sampling cannot keep undecoded (H.264/HEVC non-reference frames, "
+        "GOPs without a sampled frame, unsampled MJPEG frames); the sampled frames are identical either way",
+    )
     prefetch: int = Field(
         1, ge=0, le=4, description="Chunks decoded ahead in a background thread while one is scored; 0: none"
     )

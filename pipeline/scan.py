@@ -294,6 +294,7 @@ class Scanner:
                 device=self.device,
                 chunk_size=self.chunk_frames(info),
                 max_frame_pixels=self.options.max_frame_pixels,
+                skip_unneeded=self.options.decode_skip,
             ) as stream:
                 self._score_stream(stream, state, progress)
                 _note_damage(stream.stats, state)

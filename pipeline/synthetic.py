@@ -120,9 +120,12 @@ def write_frames(
     codec: ClipCodec,
     fps: float = 12.0,
     rotation: int = 0,
+    encoder_options: dict[str, str] | None = None,
 ) -> Path:
     """Encode upright RGB frames; with ``rotation`` the stored pixels are counter-rotated and the
-    stream carries display-matrix metadata, so a decoder that honours it shows them upright."""
+    stream carries display-matrix metadata, so a decoder that honours it shows them upright.
+    ``encoder_options`` replace the codec's defaults (e.g. libx264 B-frames and a short GOP:
+    ``{"preset": "veryfast", "x264-params": "keyint=15:bframes=3"}``)."""
     if rotation % 90 != 0:
         raise ValueError(f"rotation must be a multiple of 90 degrees, got {rotation}")
     path = Path(path)
@@ -137,7 +140,7 @@ def write_frames(
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(encoder, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-        stream.options = dict(options)
+        stream.options = dict(options if encoder_options is None else encoder_options)
         if quarter_turns:
             stream.set_display_rotation(float(rotation))
         for array in itertools.chain([first], stored):
@@ -159,6 +162,7 @@ def write_face_clip(
     seed: int = 0,
     rotation: int = 0,
     face_image: np.ndarray | None = None,
+    encoder_options: dict[str, str] | None = None,
 ) -> Path:
     """Write a clip of the astronaut's face (or ``face_image``) moving over a textured background.
 
@@ -172,7 +176,7 @@ def write_face_clip(
     if width % 2 or height % 2:
         raise ValueError(f"width and height must be even for 4:2:0 video, got {size}")
     frames = iter_frames(num_frames, size, face=face, seed=seed, face_image=face_image)
-    return write_frames(path, frames, codec=codec, fps=fps, rotation=rotation)
+    return write_frames(path, frames, codec=codec, fps=fps, rotation=rotation, encoder_options=encoder_options)
 
 
 def write_vfr_clip(

@@ -29,6 +29,7 @@ class SourceSpec:
     start_index: int = 0
     stats: DecodeStats = field(default_factory=DecodeStats)  # damage found, filled in while decoding
     max_frame_pixels: int | None = None  # frames larger than this anywhere in the stream are an error
+    skip_unneeded: bool = True  # PyAV: leave frames the sampling cannot keep undecoded where that is safe
 
     def selector(self) -> FrameSelector:
         """A fresh keep/skip decision for one pass over the frames."""

@@ -43,8 +43,10 @@ class VideoStream:
         device: torch.device,
         chunk_size: int,
         max_frame_pixels: int | None = None,
+        skip_unneeded: bool = True,
     ):
         self.path = path
+        self._skip_unneeded = skip_unneeded
         self.info: VideoInfo = probe_video(path, max_frame_pixels)
         self.stats = DecodeStats()  # damage the decode got past (see DecodeStats)
         self._max_frame_pixels = max_frame_pixels
@@ -128,6 +130,7 @@ class VideoStream:
                 start_index=start_index,
                 stats=self.stats,
                 max_frame_pixels=self._max_frame_pixels,
+                skip_unneeded=self._skip_unneeded,
             )
         )
 
@@ -140,6 +143,7 @@ def open_video(
     device: str | torch.device = "cpu",
     chunk_size: int = 32,
     max_frame_pixels: int | None = None,
+    skip_unneeded: bool = True,
 ) -> VideoStream:
     """Open a video for streaming decode; raises VideoDecodeError for unreadable input.
 
@@ -147,6 +151,8 @@ def open_video(
     DALI-CPU decode on the CPU and move each chunk there. Errors found only while
     decoding (truncated or corrupt data) are raised from the iteration; damage decoded past
     is counted in the stream's ``stats``. ``max_frame_pixels``: larger frames are an error.
+    ``skip_unneeded``: PyAV leaves frames the sampling cannot keep undecoded where the sampled frames
+    stay identical (``pipeline.decode.skipping``); False decodes every frame.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -160,4 +166,5 @@ def open_video(
         device=target,
         chunk_size=chunk_size,
         max_frame_pixels=max_frame_pixels,
+        skip_unneeded=skip_unneeded,
     )

@@ -49,7 +49,9 @@ class DecodeStats:
       still counts as complete; beyond it the video is an error);
     repeated_timestamps: frames whose timestamp did not advance (their time was estimated from the
       frame rate, so sampling by time still spreads over them);
-    reduced_to: (width, height) frames were scaled down to, when they were larger than REDUCE_ABOVE_PIXELS.
+    reduced_to: (width, height) frames were scaled down to, when they were larger than REDUCE_ABOVE_PIXELS;
+    skipped_frames: frames left undecoded because the sampling could not keep them (not damage; see
+      pipeline.decode.skipping).
     """
 
     rejected_packets: int = 0
@@ -57,6 +59,7 @@ class DecodeStats:
     missing_frames: int = 0
     repeated_timestamps: int = 0
     reduced_to: tuple[int, int] | None = None
+    skipped_frames: int = 0
 
     def warnings(self) -> list[str]:
         notes = []

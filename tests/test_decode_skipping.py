@@ -1,0 +1,98 @@
+"""Decoding only what the sampling needs (pipeline/decode/skipping.py): the same sampled frames, bit
+for bit, with the same indices and timestamps, as decoding every frame; fewer frames decoded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import pytest
+import torch
+
+import pipeline.decode.pyav as pyav_source
+from pipeline import synthetic
+from pipeline.decode import Sampling, open_video
+from pipeline.decode.sampling import FrameSelector
+from pipeline.decode.skipping import DecodePlan, plan_decode
+
+# B-frames (non-reference in x264's pyramid leaves) and a keyframe every 10 frames.
+BFRAMES_SHORT_GOP = {"preset": "veryfast", "x264-params": "keyint=10:min-keyint=10:bframes=3:b-pyramid=normal:scenecut=0"}
+SAMPLINGS = [Sampling(target_fps=2.0), Sampling(max_frames=3), Sampling(every_n=7)]
+
+
+@pytest.fixture(scope="module")
+def bframe_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("skip")
+    return synthetic.write_face_clip(
+        folder / "bframes.mp4", codec="h264", num_frames=60, fps=30.0, encoder_options=BFRAMES_SHORT_GOP
+    )
+
+
+def _decode(path: Path, sampling: Sampling, skip: bool) -> tuple[list[int], list[float], torch.Tensor, int]:
+    with open_video(path, backend="pyav", sampling=sampling, skip_unneeded=skip, chunk_size=4) as stream:
+        batches = list(stream)
+        skipped = stream.stats.skipped_frames
+    indices = [i for b in batches for i in b.indices]
+    times = [t for b in batches for t in b.timestamps_s]
+    return indices, times, torch.cat([b.frames for b in batches]), skipped
+
+
+def _assert_same(path: Path, sampling: Sampling) -> int:
+    full = _decode(path, sampling, skip=False)
+    needed = _decode(path, sampling, skip=True)
+    assert needed[0] == full[0] and needed[1] == full[1]
+    assert torch.equal(needed[2], full[2])
+    assert full[3] == 0
+    return needed[3]
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS, ids=["fps2", "max3", "every7"])
+def test_h264_with_bframes_skips_frames_and_samples_the_same(bframe_clip: Path, sampling: Sampling) -> None:
+    assert _assert_same(bframe_clip, sampling) > 0
+
+
+def test_gops_without_a_sampled_frame_are_not_sent(bframe_clip: Path) -> None:
+    with av.open(str(bframe_clip)) as container:
+        stream = container.streams.video[0]
+        selector = FrameSelector(Sampling(max_frames=2), duration_s=2.0, num_frames=60)
+        plan = plan_decode(container, stream, selector, stream.start_time, stream.time_base)
+    assert isinstance(plan, DecodePlan) and plan.frames == 60 and len(plan.sampled) == 2
+    dropped, _ = plan.counts()
+    assert dropped >= 30 and plan.restarts  # whole GOPs left out, decoding restarts at a keyframe
+    assert not plan.sampled & plan.dropped
+
+
+def test_mjpeg_decodes_only_the_sampled_frames(make_clip) -> None:  # noqa: ANN001
+    clip = make_clip("mjpeg")  # 24 frames at 12 fps: 2 frames/s keeps 4
+    assert _assert_same(clip, Sampling(target_fps=2.0)) == 20
+
+
+@pytest.mark.parametrize("codec", ["vp9", "vp8"])
+def test_codecs_without_verified_skipping_decode_everything(make_clip, codec: str) -> None:  # noqa: ANN001
+    assert _assert_same(make_clip(codec), Sampling(target_fps=2.0)) == 0
+
+
+def test_every_frame_sampled_needs_no_plan(bframe_clip: Path) -> None:
+    assert _assert_same(bframe_clip, Sampling()) == 0
+
+
+def test_a_plan_the_decoder_contradicts_falls_back_to_decoding_everything(
+    bframe_clip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = pyav_source.plan_decode
+
+    def wrong(*args: object, **kwargs: object) -> DecodePlan | None:
+        plan = real(*args, **kwargs)  # type: ignore[arg-type]
+        assert plan is not None
+        plan.position = {pts + 1: where for pts, where in plan.position.items()}  # no frame has these pts
+        return plan
+
+    monkeypatch.setattr(pyav_source, "plan_decode", wrong)
+    assert _assert_same(bframe_clip, Sampling(target_fps=2.0)) == 0
+
+
+def test_damage_seen_while_skipping_turns_skipping_off(bframe_clip: Path, tmp_path: Path) -> None:
+    damaged = synthetic.write_corrupted_copy(bframe_clip, tmp_path / "damaged.mp4", seed=0, fraction=0.002)
+    full = _decode(damaged, Sampling(target_fps=2.0), skip=False)
+    needed = _decode(damaged, Sampling(target_fps=2.0), skip=True)
+    assert needed[0] == full[0] and needed[1] == full[1] and torch.equal(needed[2], full[2])
