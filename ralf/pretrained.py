@@ -58,6 +58,27 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {key.removeprefix("module."): value for key, value in loaded.items()}
 
 
+def check_state_dict(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], heading: str) -> None:
+    """PretrainedError under `heading` listing missing, unexpected and mis-shaped tensors, if any.
+    BN step counters may be missing: checkpoints older than PyTorch 0.4 have none, and they are not weights."""
+    missing = sorted(k for k in set(expected) - set(state) if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    if missing or unexpected or mismatched:
+        lines = [heading]
+        if missing:
+            lines.append(f"missing ({len(missing)}): {', '.join(missing[:20])}")
+        if unexpected:
+            lines.append(f"unexpected ({len(unexpected)}): {', '.join(unexpected[:20])}")
+        if mismatched:
+            lines.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched[:20])}")
+        raise PretrainedError("\n".join(lines))
+
+
 def _find_xception(model: nn.Module) -> Xception:
     if isinstance(model, Xception):
         return model
@@ -104,22 +125,6 @@ def load_xception_imagenet(model: nn.Module, path: str | Path) -> str:
         if target is not None and tensor.ndim == 2 and target.shape == (*tensor.shape, 1, 1):
             tensor = tensor[:, :, None, None]
         state[key] = tensor
-    # Checkpoints older than PyTorch 0.4 have no BN step counters; they are not weights.
-    missing = sorted(k for k in set(expected) - set(state) if not k.endswith("num_batches_tracked"))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(state) & set(expected)
-        if state[k].shape != expected[k].shape
-    )
-    if missing or unexpected or mismatched:
-        lines = [f"{path} is not an ImageNet Xception checkpoint with the expected layout:"]
-        if missing:
-            lines.append(f"missing ({len(missing)}): {', '.join(missing[:20])}")
-        if unexpected:
-            lines.append(f"unexpected ({len(unexpected)}): {', '.join(unexpected[:20])}")
-        if mismatched:
-            lines.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched[:20])}")
-        raise PretrainedError("\n".join(lines))
+    check_state_dict(state, expected, f"{path} is not an ImageNet Xception checkpoint with the expected layout:")
     backbone.load_state_dict(state, strict=False)
     return f"imagenet:{file_sha256(path)}"

@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from ralf.mobilenet import MobileNetV2
-from ralf.pretrained import PretrainedError, file_sha256, load_xception_imagenet, read_state_dict
+from ralf.pretrained import PretrainedError, check_state_dict, file_sha256, load_xception_imagenet, read_state_dict
 from ralf.resnet import ResNet
 from ralf.xception import Xception
 
@@ -36,22 +36,7 @@ def load_torchvision_imagenet(backbone: MobileNetV2 | ResNet, path: str | Path) 
     heads = _HEADS[type(backbone)]
     source = {k: v for k, v in read_state_dict(path).items() if not k.startswith(heads)}
     expected = {k: v for k, v in backbone.state_dict().items() if not k.startswith("fc.")}
-    missing = sorted(k for k in set(expected) - set(source) if not k.endswith("num_batches_tracked"))
-    unexpected = sorted(set(source) - set(expected))
-    mismatched = sorted(
-        f"{k}: file {tuple(source[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(source) & set(expected)
-        if source[k].shape != expected[k].shape
-    )
-    if missing or unexpected or mismatched:
-        lines = [f"{path} is not a torchvision ImageNet {type(backbone).__name__} checkpoint of this width:"]
-        if missing:
-            lines.append(f"missing ({len(missing)}): {', '.join(missing[:20])}")
-        if unexpected:
-            lines.append(f"unexpected ({len(unexpected)}): {', '.join(unexpected[:20])}")
-        if mismatched:
-            lines.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched[:20])}")
-        raise PretrainedError("\n".join(lines))
+    check_state_dict(source, expected, f"{path} is not a torchvision ImageNet {type(backbone).__name__} checkpoint of this width:")
     backbone.load_state_dict(source, strict=False)
     return f"imagenet:{file_sha256(path)}"
 

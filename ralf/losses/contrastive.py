@@ -32,37 +32,20 @@ MISSING_WEIGHTS_HELP = (
 )
 
 
-class VGG19Features(nn.Module):
-    """Frozen VGG19 trunk returning the five relu*_1 activations of an image in [0, 1].
+class FrozenFeatureSlices(nn.Module):
+    """A frozen ImageNet trunk cut into consecutive slices; `forward` returns each slice's output for an
+    image in [0, 1] (ImageNet-normalised first). Always in eval mode, whatever the caller's mode."""
 
-    `source` records what was loaded, for the weights' metadata:
-    "file:<name> sha256:<first 12 hex digits>" or "random-init".
-    """
-
-    def __init__(self, weights_path: Path | str | None = None, allow_random: bool = False) -> None:
+    def __init__(self, slices: list[nn.Module], source: str) -> None:
         super().__init__()
-        trunk = _vgg19_trunk(_SLICE_ENDS[-1])
-        if weights_path is not None:
-            path = Path(weights_path)
-            state = _read_vgg_state_dict(path, set(trunk.state_dict()))
-            try:
-                trunk.load_state_dict(state)
-            except RuntimeError as error:  # wrong shapes: say which file, not a bare traceback
-                raise PretrainedError(f"{path} does not hold VGG19 feature weights: {error}") from None
-            self.source = f"file:{path.name} sha256:{file_sha256(path)[:12]}"
-        elif allow_random:
-            self.source = "random-init"
-        else:
-            raise FileNotFoundError(f"no VGG19 weights file given. {MISSING_WEIGHTS_HELP}")
-        starts = (0, *_SLICE_ENDS[:-1])
-        self.slices = nn.ModuleList(trunk[start:end] for start, end in zip(starts, _SLICE_ENDS))
+        self.source = source
+        self.slices = nn.ModuleList(slices)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "VGG19Features":
-        # A fixed feature extractor: always eval, whatever the surrounding module's mode.
+    def train(self, mode: bool = True) -> "FrozenFeatureSlices":
         return super().train(False)
 
     def forward(self, images: Tensor) -> list[Tensor]:
@@ -72,6 +55,31 @@ class VGG19Features(nn.Module):
             h = block(h)
             features.append(h)
         return features
+
+
+class VGG19Features(FrozenFeatureSlices):
+    """Frozen VGG19 trunk returning the five relu*_1 activations of an image in [0, 1].
+
+    `source` records what was loaded, for the weights' metadata:
+    "file:<name> sha256:<first 12 hex digits>" or "random-init".
+    """
+
+    def __init__(self, weights_path: Path | str | None = None, allow_random: bool = False) -> None:
+        trunk = _vgg19_trunk(_SLICE_ENDS[-1])
+        if weights_path is not None:
+            path = Path(weights_path)
+            state = _read_vgg_state_dict(path, set(trunk.state_dict()))
+            try:
+                trunk.load_state_dict(state)
+            except RuntimeError as error:  # wrong shapes: say which file, not a bare traceback
+                raise PretrainedError(f"{path} does not hold VGG19 feature weights: {error}") from None
+            source = f"file:{path.name} sha256:{file_sha256(path)[:12]}"
+        elif allow_random:
+            source = "random-init"
+        else:
+            raise FileNotFoundError(f"no VGG19 weights file given. {MISSING_WEIGHTS_HELP}")
+        starts = (0, *_SLICE_ENDS[:-1])
+        super().__init__([trunk[start:end] for start, end in zip(starts, _SLICE_ENDS)], source)
 
 
 def _vgg19_trunk(num_layers: int) -> nn.Sequential:

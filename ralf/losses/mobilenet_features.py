@@ -11,22 +11,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import torchvision
-from torch import Tensor, nn
 
-from ralf.losses.contrastive import IMAGENET_MEAN, IMAGENET_STD
+from ralf.losses.contrastive import FrozenFeatureSlices
 from ralf.pretrained import PretrainedError, file_sha256, read_state_dict
 
 MOBILENET_V2_LAYER_NAMES = ("features.1", "features.3", "features.6", "features.13", "features.17")
 _SLICE_ENDS = (2, 4, 7, 14, 18)
 
 
-class MobileNetV2Features(nn.Module):
+class MobileNetV2Features(FrozenFeatureSlices):
     """Frozen MobileNetV2 trunk returning five stage outputs of an image in [0, 1]."""
 
     def __init__(self, weights_path: Path | str) -> None:
-        super().__init__()
         trunk = torchvision.models.mobilenet_v2(weights=None).features[: _SLICE_ENDS[-1]]
         path = Path(weights_path)
         wanted = set(trunk.state_dict())
@@ -39,22 +36,6 @@ class MobileNetV2Features(nn.Module):
         if missing:
             raise PretrainedError(f"{path} lacks MobileNetV2 feature parameters {missing[:4]}")
         trunk.load_state_dict(state, strict=False)
-        self.source = f"file:{path.name} sha256:{file_sha256(path)[:12]}"
         starts = (0, *_SLICE_ENDS[:-1])
-        self.slices = nn.ModuleList(trunk[start:end] for start, end in zip(starts, _SLICE_ENDS))
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True) -> "MobileNetV2Features":
-        # A fixed feature extractor: always eval (frozen BN statistics), whatever the caller's mode.
-        return super().train(False)
-
-    def forward(self, images: Tensor) -> list[Tensor]:
-        h = (images - self.mean) / self.std
-        features = []
-        for block in self.slices:
-            h = block(h)
-            features.append(h)
-        return features
+        slices = [trunk[start:end] for start, end in zip(starts, _SLICE_ENDS)]
+        super().__init__(slices, f"file:{path.name} sha256:{file_sha256(path)[:12]}")
