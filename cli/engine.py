@@ -54,10 +54,20 @@ def export_command(
         Literal["cpu", "cuda"] | None, typer.Option(help="Build for this device [default: cuda when present]")
     ] = None,
     out_dir: Annotated[Path | None, typer.Option(help="Where to write [default: beside the weights]")] = None,
+    parity_crops: Annotated[
+        Path | None,
+        typer.Option(
+            help="Face crops (a folder of PNG/JPEG, e.g. a prepare or self-blend output) the parity with fp32 is "
+            "measured on [default: generated views of one real face]"
+        ),
+    ] = None,
 ) -> None:
     """Build a compiled inference engine for this machine and write it next to the weights.
 
-    The pipeline and workers pick it up automatically (engine 'auto') and say which engine they use.
+    The pipeline and workers pick it up automatically (engine and precision 'auto': the fastest one
+    whose measured parity is within tolerance) and say which engine they use and why. `--engine eager
+    --precision bf16` builds nothing: it measures eager bf16 (parity on face crops, speed), which is
+    what lets 'auto' run it.
     """
     from pipeline.compiled import EngineUnavailable, default_precision, export_engine, read_sidecar, tensorrt_available
     from ralf.weights import WeightsError
@@ -71,7 +81,7 @@ def export_command(
     )
     started = time.perf_counter()
     try:
-        sidecar = export_engine(weights, chosen, precision, max_batch, out_dir, target)
+        sidecar = export_engine(weights, chosen, precision, max_batch, out_dir, target, parity_crops)
     except (EngineUnavailable, WeightsError, ValueError, RuntimeError) as error:
         raise _fail(str(error)) from None
     info = read_sidecar(sidecar)
@@ -87,6 +97,14 @@ def export_command(
         ("device", f"{info.device} ({info.device_name})"),
         ("model version", info.model_version),
         ("parity", f"max |ΔP(fake)| vs eager {info.parity_max_abs_diff:.2e} (tolerance {info.parity_tolerance:g})"),
+        ("parity crops", f"noise and {info.parity_data}"),
+        (
+            "speed",
+            f"{info.ms_per_face:.2f} ms/face vs eager fp32 {info.eager_fp32_ms_per_face:.2f} "
+            f"({info.speedup:.2f}x) at batch {info.speed_batch}"
+            if info.speedup
+            else "not measured",
+        ),
     ]
     for name, value in rows:
         table.add_row(name, escape(value))

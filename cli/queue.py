@@ -380,8 +380,9 @@ def config(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     settings = _settings()
     values = settings.model_dump(mode="json")
     options = settings.scan_options().model_dump(mode="json")
+    engine = _engine_preview(settings)
     if as_json:
-        _print_json({"settings": values, "scan_options": options})
+        _print_json({"settings": values, "scan_options": options, "engine_choice": engine})
         return
     table = Table("variable", "value", "meaning", title="RALF settings")
     for name, field in Settings.model_fields.items():
@@ -391,3 +392,24 @@ def config(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     for name, value in options.items():
         scan.add_row(name, json.dumps(value))
     out.print(scan)
+    choice = Table("", "", title="Inference engine workers would use (checked again when they load it)", show_header=False)
+    choice.add_row("engine", escape(str(engine.get("engine") or "-")))
+    choice.add_row("why", escape(str(engine.get("why", ""))))
+    for line in engine.get("passed_over", []) or []:
+        choice.add_row("passed over", escape(str(line)))
+    for line in engine.get("warnings", []) or []:
+        choice.add_row("warning", escape(str(line)))
+    out.print(choice)
+
+
+def _engine_preview(settings: Settings) -> dict[str, object]:
+    """`pipeline.compiled.preview_engine` for the workers' weights and options (imports torch)."""
+    from ralf.shipped import ShippedWeightsMissing
+
+    try:
+        weights = settings.model_weights()
+    except ShippedWeightsMissing as error:
+        return {"engine": "", "why": str(error), "passed_over": [], "warnings": []}
+    from pipeline.compiled import preview_engine
+
+    return preview_engine(weights, settings.scan_options())

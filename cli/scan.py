@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.app import app
-from pipeline.options import AggregationName, DecoderName, DetectorName, DeviceName, ScanOptions
+from pipeline.options import AggregationName, DecoderName, DetectorName, DeviceName, PrecisionRequest, ScanOptions
 from pipeline.synthetic import write_face_clip
 from pipeline.verdict import Verdict, verdict_json_schema
 from ralf.shipped import resolve_weights
@@ -263,6 +263,10 @@ def scan(
     detector: Annotated[DetectorName | None, typer.Option(help="mtcnn | yolo [default: mtcnn]")] = None,
     yolo_weights: Annotated[Path | None, typer.Option(help="Local YOLO face weights (.pt) for --detector yolo")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Face crops per model forward [default: per device and model preset]")] = None,
+    precision: Annotated[
+        PrecisionRequest | None,
+        typer.Option(help="auto (fastest exported engine within its measured parity, else fp32) | fp32 | bf16 | fp16"),
+    ] = None,
     fps: Annotated[float | None, typer.Option(min=0.001, help="Sample this many frames per second [default: 2]")] = None,
     every_n: Annotated[int | None, typer.Option(min=1, help="Sample every n-th frame instead")] = None,
     max_frames: Annotated[int | None, typer.Option(min=1, help="Sample at most this many frames, evenly")] = None,
@@ -292,6 +296,7 @@ def scan(
             "detector": detector,
             "yolo_weights": yolo_weights,
             "batch_size": batch_size,
+            "precision": precision,
             "target_fps": fps,
             "every_n": every_n,
             "max_frames": max_frames,

@@ -47,16 +47,27 @@ def check_crops(crops: torch.Tensor) -> None:
 
 
 class EagerEngine:
-    """Plain PyTorch forward passes under `torch.inference_mode`."""
+    """Plain PyTorch forward passes under `torch.inference_mode`.
 
-    name = "eager"
+    `precision` 'bf16'/'fp16' runs `pipeline.precision.LowPrecisionForward` (convolutions in the low
+    type, destructor and image differences in float32); the name then says so ('eager-bf16').
+    `choice` says why this engine was chosen (set by `load_engine`).
+    """
 
-    def __init__(self, model: nn.Module, device: torch.device | str, batch_size: int) -> None:
+    def __init__(
+        self, model: nn.Module, device: torch.device | str, batch_size: int, precision: str = "fp32"
+    ) -> None:
+        from pipeline.precision import low_precision_forward
+
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
         self.max_batch = batch_size
         self.model = model.to(self.device).eval()
+        self.precision = precision
+        self.name = "eager" if precision == "fp32" else f"eager-{precision}"
+        self.choice = ""
+        self._run = low_precision_forward(self.model, precision)
 
     def logits(self, crops: torch.Tensor) -> torch.Tensor:
         check_crops(crops)
@@ -65,7 +76,7 @@ class EagerEngine:
             for start in range(0, crops.shape[0], self.max_batch):
                 batch = crops[start : start + self.max_batch].to(self.device, torch.float32, non_blocking=True)
                 try:
-                    outputs.append(self.model(batch).reshape(-1).float())
+                    outputs.append(self._run(batch).reshape(-1).float())
                 except torch.OutOfMemoryError as error:
                     raise InferenceOutOfMemory(self.max_batch, self.device, str(error)) from error
         if not outputs:
@@ -111,14 +122,12 @@ def load_engine(
 
     `weights_path` identifies the weights, so an engine that compiles ahead of time can cache its
     build next to them. Returns the engine and the warnings a verdict should carry. An unset batch
-    size becomes `default_batch_size` for the model and device.
+    size becomes `default_batch_size` for the model and device. Which artifact and precision, by
+    rule (`pipeline.compiled.plan_engine`): the engine's `choice` says which and why.
     """
-    from pipeline.compiled import load_compiled_engine  # imported here: pipeline.compiled imports this module
+    from pipeline.compiled import choose_engine  # imported here: pipeline.compiled imports this module
 
     device = torch.device(options.resolved_device())
     batch_size = resolved_batch_size(options, getattr(model, "config", None), device)
     options = options.model_copy(update={"batch_size": batch_size})
-    compiled, warnings = load_compiled_engine(model, options, weights_path, device)
-    if compiled is not None:
-        return compiled, warnings
-    return EagerEngine(model, device, batch_size), warnings
+    return choose_engine(model, options, weights_path, device)

@@ -174,12 +174,13 @@ class _LoadedEngine:
     @classmethod
     def load(cls, loaded: _LoadedModel, options: ScanOptions) -> _LoadedEngine:
         engine, warnings = load_engine(loaded.model, options, loaded.weights_path)
-        return cls(engine, options.engine, engine.max_batch, warnings)
+        return cls(engine, f"{options.engine}/{options.precision}", engine.max_batch, warnings)
 
     def serves(self, options: ScanOptions, batch_size: int) -> bool:
-        """True when `options` can use this engine as is: same kind, batches (`batch_size`, resolved)
-        no larger than it was built for (the scanner hands it at most that many crops per call)."""
-        return options.engine == self.kind and batch_size <= self.built_batch_size
+        """True when `options` can use this engine as is: same kind and precision request, batches
+        (`batch_size`, resolved) no larger than it was built for (the scanner hands it at most that
+        many crops per call)."""
+        return f"{options.engine}/{options.precision}" == self.kind and batch_size <= self.built_batch_size
 
 
 class Scanner:
@@ -492,6 +493,7 @@ class Scanner:
             threshold_source=self.decision.source,
             model_version=self.model_version,
             engine=self.engine.name,
+            engine_choice=getattr(self.engine, "choice", ""),
             decoder=state.decoder,
             detector=self.detector.name,
             weights_random=self.weights_random,

@@ -93,6 +93,9 @@ class Verdict(BaseModel):
     threshold_source: str = Field(description="'uncalibrated default' or how the calibration was made")
     model_version: str
     engine: str = ""
+    engine_choice: str = Field(
+        "", description="Why this engine and precision: the rule that chose it and what was passed over"
+    )
     decoder: str = Field("", description="Decode backend that read the video ('dali' or 'pyav'); empty if none did")
     detector: str = ""
     weights_random: bool = False

@@ -96,3 +96,29 @@ def test_damage_seen_while_skipping_turns_skipping_off(bframe_clip: Path, tmp_pa
     full = _decode(damaged, Sampling(target_fps=2.0), skip=False)
     needed = _decode(damaged, Sampling(target_fps=2.0), skip=True)
     assert needed[0] == full[0] and needed[1] == full[1] and torch.equal(needed[2], full[2])
+
+
+def test_hevc_open_gop_with_leading_pictures(tmp_path: Path) -> None:
+    """x265 with open GOPs: frames shown before a keyframe refer to the GOP before it, so that GOP
+    stays; non-reference frames are still skipped, the sampled frames stay identical."""
+    if "libx265" not in av.codecs_available:
+        pytest.skip("this FFmpeg has no libx265")
+    path = tmp_path / "open_gop.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx265", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.options = {
+            "preset": "veryfast",
+            "x265-params": "keyint=10:min-keyint=10:bframes=3:b-pyramid=1:open-gop=1:log-level=error",
+        }
+        for frame in synthetic.iter_frames(60, (320, 240), face=True, seed=0):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with av.open(str(path)) as container:
+        packets = [(p.pts, p.is_keyframe) for p in container.demux(container.streams.video[0]) if p.size]
+    keys = [i for i, (_, key) in enumerate(packets) if key]
+    assert any(packets[k + 1][0] < packets[k][0] for k in keys[1:] if k + 1 < len(packets))  # leading pictures
+    for sampling in SAMPLINGS:
+        assert _assert_same(path, sampling) > 0

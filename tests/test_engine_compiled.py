@@ -14,6 +14,7 @@ import torch
 from pipeline.compiled import PARITY_TOLERANCE, CompiledEngine, file_sha256, export_engine, read_sidecar
 from pipeline.engine import load_engine
 from pipeline.options import ScanOptions
+from pipeline.precision import precision_supported
 from pipeline.scan import Scanner
 from ralf.config import RALFConfig
 from ralf.model import RALF
@@ -142,3 +143,41 @@ def test_an_artifact_from_another_machine_is_refused(
     engine, warnings = load_engine(model, ScanOptions(device="cpu", engine="compile"), weights)
     assert engine.name == "eager"
     assert reason in warnings[0]
+
+
+def test_with_fp32_and_bf16_artifacts_the_rule_chooses_not_the_file_age(
+    exported: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Beside the weights: the real fp32 package and a bf16 sidecar (sharing that package, so no second
+    compile), the bf16 one written last. `precision` asked for wins; `auto` takes the faster one only
+    while its recorded parity, measured on face crops, is within tolerance."""
+    weights = _copy(exported, tmp_path)
+    fp32 = read_sidecar(weights.with_name("tiny.compile-cpu-fp32.json"))
+    fp32_sidecar = weights.with_name("tiny.compile-cpu-fp32.json")
+    fp32_sidecar.write_text(
+        fp32.model_copy(update={"ms_per_face": 10.0, "eager_fp32_ms_per_face": 12.0, "speed_batch": 4}).model_dump_json()
+    )
+    bf16_sidecar = weights.with_name("tiny.compile-cpu-bf16.json")
+    bf16 = fp32.model_copy(update={
+        "precision": "bf16", "parity_tolerance": PARITY_TOLERANCE["bf16"], "parity_max_abs_diff": 5e-3,
+        "parity_face_crops": 24, "ms_per_face": 5.0, "eager_fp32_ms_per_face": 12.0, "speed_batch": 4,
+    })
+    bf16_sidecar.write_text(bf16.model_dump_json())  # newest file
+    model, _ = load_weights(weights)
+    if not precision_supported("bf16", "cpu")[0]:
+        pytest.skip("bf16 is not native on this CPU")
+
+    engine, warnings = load_engine(model, ScanOptions(device="cpu"), weights)
+    assert isinstance(engine, CompiledEngine) and engine.info.precision == "bf16" and warnings == []
+    assert engine.choice.startswith("compile-cpu-bf16 (tiny.compile-cpu-fp32.pt2): auto: the fastest measured")
+
+    engine, warnings = load_engine(model, ScanOptions(device="cpu", precision="fp32"), weights)
+    assert isinstance(engine, CompiledEngine) and engine.info.precision == "fp32" and warnings == []
+    assert "precision fp32 asked for" in engine.choice
+
+    # Parity beyond tolerance: auto passes it over, the verdict says why.
+    bf16_sidecar.write_text(bf16.model_copy(update={"parity_max_abs_diff": 0.05}).model_dump_json())
+    scanner = Scanner(ScanOptions(device="cpu"), weights)
+    verdict = scanner.error_verdict("x.mp4", "test")
+    assert verdict.engine.startswith("compile-cpu-fp32")
+    assert "compile-cpu-bf16: parity 5.0e-02 exceeds 0.02" in verdict.engine_choice

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from pipeline.options import DecoderName, DetectorName, DeviceName, EngineName, ScanOptions
+from pipeline.options import DecoderName, DetectorName, DeviceName, EngineName, PrecisionRequest, ScanOptions
 from ralf.shipped import resolve_weights
 
 if TYPE_CHECKING:
@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     detector: DetectorName = Field(_SCAN_DEFAULTS.detector, description="Face detector: mtcnn | yolo")
     yolo_weights: Path | None = Field(None, description="Local YOLO face weights (detector=yolo)")
     engine: EngineName = Field(_SCAN_DEFAULTS.engine, description="auto | tensorrt | compile | eager")
+    precision: PrecisionRequest = Field(
+        _SCAN_DEFAULTS.precision,
+        description="auto (the fastest exported engine within its measured parity, else fp32) | fp32 | bf16 | fp16",
+    )
     batch_size: int | None = Field(
         _SCAN_DEFAULTS.batch_size, ge=1, description="Face crops per model forward (unset: the scan options' default)"
     )
@@ -196,6 +200,7 @@ class Settings(BaseSettings):
             "detector": self.detector,
             "yolo_weights": self.yolo_weights,
             "engine": self.engine,
+            "precision": self.precision,
             "batch_size": self.batch_size,
             "chunk_size": self.chunk_size,
             "max_frame_pixels": self.max_frame_pixels,
