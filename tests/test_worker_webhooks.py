@@ -298,6 +298,13 @@ def _run_scenario(settings: Settings, connection: redis.Redis, env: dict[str, st
     for item in stored.evidence:
         assert (Path(stored.evidence_dir) / item.crop).is_file() and (Path(stored.evidence_dir) / item.frame).is_file()
 
+    # ... and the report of the job by its id, with the worker's evidence images inline
+    page = Path(env["RALF_EVIDENCE_DIR"]).parent / "job-report.html"
+    made = CliRunner().invoke(app, ["report", ok, "-o", str(page)])
+    assert made.exit_code == 0, made.output
+    assert page.read_text().count('<img class="') == 4 * len(stored.evidence)
+    assert CliRunner().invoke(app, ["report", f"{PREFIX}-nosuchjob"]).exit_code == 4
+
     # 2. a receiver that fails twice gets retries, with back-off, and then the delivery
     wait_for(lambda: len(posts("/fail-twice")) == 3, 30, "three attempts at /fail-twice")
     times = [float(h["at"]) for h in posts("/fail-twice")]  # type: ignore[arg-type]
