@@ -116,6 +116,15 @@ def train_plain(config: TrainConfig, data: list[Path], weights: Path, steps: int
     return model, steps
 
 
+def validation_aucs(model: nn.Module, data: list[Path], config: TrainConfig) -> tuple[float, float]:
+    """Frame and video AUC on the trainer's validation people and their twins (draw 0)."""
+    records = ensure_validation([r for d in data for r in load_crop_records(d)], config.val_fraction, config.seed)
+    val = with_fake_source(select_split(records, "val"), "sbi")
+    val_scores = scores(model, val, config)
+    video_labels, video_scores = video_level(val, val_scores)
+    return auc(np.array([r.is_fake for r in val]), val_scores), auc(video_labels, video_scores)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, action="append", required=True, help="prepared real crops (repeat)")
@@ -147,21 +156,20 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as run:
             if variant.startswith("plain"):
                 model, steps = train_plain(config, args.data, args.mobilenet, args.steps)
+                frame_auc, video_auc = validation_aucs(model, args.data, config)
             else:
                 result = train(config, args.data, Path(run), progress=False)
                 model, _ = load_weights(result.best_weights or result.last_weights)
                 steps = result.steps
-        records = ensure_validation([r for d in args.data for r in load_crop_records(d)], config.val_fraction, config.seed)
-        val = with_fake_source(select_split(records, "val"), "sbi")
-        val_scores = scores(model, val, config)
-        labels = np.array([r.is_fake for r in val])
-        video_labels, video_scores = video_level(val, val_scores)
+                # The run validated once, at its last step, on the same split and twins: reuse it.
+                (final,) = [json.loads(line) for line in result.log_path.read_text().splitlines() if '"val"' in line]
+                frame_auc, video_auc = final["frame"]["auc"], final["video"]["auc"]
         row = {
             "variant": variant,
             "steps": steps,
             "minutes": round((time.perf_counter() - started) / 60, 1),
-            "sbi_val_frame_auc": round(auc(labels, val_scores), 4),
-            "sbi_val_video_auc": round(auc(video_labels, video_scores), 4),
+            "sbi_val_frame_auc": round(frame_auc, 4),
+            "sbi_val_video_auc": round(video_auc, 4),
         }
         if external:
             ext = scores(model, external, config)
