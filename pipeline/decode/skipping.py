@@ -24,7 +24,9 @@ the video is decoded again from its start without skipping, emitting only frames
 
 What differs from decoding everything: damage inside frames that were not decoded is not seen, so
 `corrupt_frames` counts only decoded frames (damage seen while skipping turns skipping off, so
-every decoded frame is then counted). VP8/VP9 (a packet may hold an invisible frame, so packets
+every decoded frame is then counted), and sampled frames emitted before the damage surfaced keep the
+pixels of the skipping pass: on damaged data FFmpeg's error concealment depends on which frames were
+decoded before, so they may differ from a full decode. VP8/VP9 (a packet may hold an invisible frame, so packets
 and shown frames need not pair up), AV1 and others are decoded in full.
 """
 
