@@ -117,9 +117,23 @@ def save_weights(
     metadata = metadata.model_copy(update={"tensors_sha256": digest})
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial), metadata={METADATA_KEY: metadata.model_dump_json()})
+    save_tensors_file(tensors, partial, metadata={METADATA_KEY: metadata.model_dump_json()})
     os.replace(partial, path)
     return metadata
+
+
+def save_tensors_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' `save_file`, leaving the file with the mode `open()` would give it (0644 under umask
+    022): `save_file` creates 0600 files, which a worker running as another user (the image's uid 10001,
+    weights mounted read-only) cannot read."""
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _read_header(path: Path) -> tuple[int, dict[str, Any]]:

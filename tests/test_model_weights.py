@@ -153,3 +153,28 @@ def test_wrong_shapes_and_names_are_reported_together(tmp_path: Path, trained_li
 def test_metadata_must_match_model(tmp_path: Path, trained_like: RALF) -> None:
     with pytest.raises(WeightsError, match="differs"):
         save_weights(tmp_path / "x.safetensors", trained_like, WeightsMetadata(config=RALFConfig.paper()))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_weights_and_checkpoints_are_readable_as_the_umask_allows(
+    tmp_path: Path, trained_like: RALF, umask: int
+) -> None:
+    """safetensors writes 0600 files; a worker running as another user (uid 10001 in the image, weights
+    mounted read-only) could not read what train/calibrate/import-weights/export wrote on the host."""
+    import os
+    import stat
+
+    from trainer.checkpoint import TrainingState, save_checkpoint
+
+    previous = os.umask(umask)
+    try:
+        path = tmp_path / "w.safetensors"
+        metadata = save_weights(path, trained_like)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
+        write_metadata(path, metadata.model_copy(update={"source": "rewritten"}))
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
+        folder = save_checkpoint(tmp_path / "checkpoints", TrainingState(step=1, tensors={"w": torch.zeros(2)}), keep=1)
+        for written in folder.iterdir():
+            assert stat.S_IMODE(os.stat(written).st_mode) == 0o666 & ~umask, written.name
+    finally:
+        os.umask(previous)

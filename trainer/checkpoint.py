@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
+
+from ralf.weights import save_tensors_file
 
 FORMAT = "ralf-train-checkpoint"
 VERSION = 1
@@ -126,7 +128,7 @@ def save_checkpoint(root: Path, state: TrainingState, keep: int) -> Path:
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
-    save_file(state.tensors, str(partial / STATE_TENSORS))
+    save_tensors_file(state.tensors, partial / STATE_TENSORS)
     payload = {"format": FORMAT, "version": VERSION, "step": state.step, **state.info}
     (partial / STATE_JSON).write_text(json.dumps(payload, indent=1), encoding="utf-8")
     shutil.rmtree(final, ignore_errors=True)
