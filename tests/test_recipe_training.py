@@ -107,3 +107,24 @@ def test_time_budget_validates_and_stops(real_crops: Path, tmp_path: Path, one_t
     # The budget belongs to one invocation: a resume may give another one.
     again = train(_config(max_minutes=1e-4, val_every=1000), real_crops, tmp_path / "run", resume=True, progress=False)
     assert again.steps == 2 and again.stopped == "time"
+
+
+def test_self_blend_output_reads_as_a_folder_layout(real_crops: Path, tmp_path: Path) -> None:
+    """`ralf-cli self-blend` output feeds `evaluate`/`calibrate`: video ids holding '/' (talking heads
+    are `repo/clip.mp4`) become one folder each, and real/x pairs with its twin fake/x."""
+    from trainer.layouts import read_layout
+    from trainer.pseudo_fakes import write_pseudo_fakes
+
+    nested = tmp_path / "nested"
+    nested.mkdir()
+    rows = [json.loads(line) for line in (real_crops / data.INDEX_FILE).read_text().splitlines()]
+    for row in rows:
+        row["video_id"] = f"repo/{row['video_id']}.mp4"
+        (nested / row["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (nested / row["path"]).write_bytes((real_crops / row["path"]).read_bytes())
+    (nested / data.INDEX_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = write_pseudo_fakes([nested], tmp_path / "out", split=None, progress=False)
+    assert summary.real == summary.fake == len(rows)
+    entries = read_layout("folder", tmp_path / "out")
+    assert sorted(e.video_id for e in entries if not e.is_fake) == [f"real/repo__p{i}.mp4" for i in range(6)]
+    assert {e.group_id for e in entries if e.is_fake} == {e.group_id for e in entries if not e.is_fake}

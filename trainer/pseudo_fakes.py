@@ -35,7 +35,8 @@ def write_pseudo_fakes(
     seed: int = 0,
     progress: bool = True,
 ) -> PseudoFakeSummary:
-    """OUT/real/<video>/<frame>.png (links to the crops) and OUT/fake/<video>/<frame>.png (twins)."""
+    """OUT/real/<video>/<frame>.png (links to the crops) and OUT/fake/<video>/<frame>.png (twins); <video>
+    is one folder name (an id like `repo/clip.mp4` becomes `repo__clip.mp4`), as the folder layout wants."""
     records = [r for folder in sources for r in load_crop_records(Path(folder))]
     if split is not None:
         records = select_split(records, split)
@@ -47,11 +48,12 @@ def write_pseudo_fakes(
     out = Path(out)
     for position, (real, twin) in enumerate(tqdm(list(zip(reals, twins)), desc="self-blend", disable=not progress)):
         name = f"{real.frame_index:06d}{real.path.suffix}"
-        real_path = out / "real" / safe_relative(real.video_id) / name
+        folder = "__".join(safe_relative(real.video_id).parts)
+        real_path = out / "real" / folder / name
         real_path.parent.mkdir(parents=True, exist_ok=True)
         if not real_path.exists():
             os.symlink(real.path.resolve(), real_path)
-        fake_path = out / "fake" / safe_relative(real.video_id) / f"{real.frame_index:06d}.png"
+        fake_path = out / "fake" / folder / f"{real.frame_index:06d}.png"
         fake_path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(dataset.blended_image(position)).save(fake_path)
     return PseudoFakeSummary(real=len(reals), fake=len(twins), out=out)
