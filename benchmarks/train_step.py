@@ -71,15 +71,15 @@ def measure(
             sync()
             if index:
                 step_times.append(time.perf_counter() - start)
-        trainer.model.eval()
+        trainer.parts.model.eval()
         x = batch.images.to(trainer.runtime.device)
         forward_times = []
         with torch.no_grad():
             for index in range(steps + 1):
                 sync()
                 start = time.perf_counter()
-                with trainer._autocast():
-                    trainer.model(x)
+                with trainer.runtime.autocast():
+                    trainer.parts.model(x)
                 sync()
                 if index:
                     forward_times.append(time.perf_counter() - start)
