@@ -69,14 +69,13 @@ def check_state_dict(state: dict[str, torch.Tensor], expected: dict[str, torch.T
         if state[k].shape != expected[k].shape
     )
     if missing or unexpected or mismatched:
-        lines = [heading]
-        if missing:
-            lines.append(f"missing ({len(missing)}): {', '.join(missing[:20])}")
-        if unexpected:
-            lines.append(f"unexpected ({len(unexpected)}): {', '.join(unexpected[:20])}")
-        if mismatched:
-            lines.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched[:20])}")
-        raise PretrainedError("\n".join(lines))
+        lines = [heading, *listed("missing", missing), *listed("unexpected", unexpected)]
+        raise PretrainedError("\n".join(lines + listed("shape mismatches", mismatched, "; ")))
+
+
+def listed(label: str, names: list[str], separator: str = ", ") -> list[str]:
+    """An error message's line `label (count): the first 20 names`; no line for no names."""
+    return [f"{label} ({len(names)}): {separator.join(names[:20])}"] if names else []
 
 
 def _find_xception(model: nn.Module) -> Xception:
