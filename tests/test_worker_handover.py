@@ -232,6 +232,31 @@ def test_concurrent_claims_never_lose_or_duplicate(settings: Settings, connectio
     assert held == 60
 
 
+def test_scan_worker_builds_the_class_of_its_mode(settings: Settings, connection: redis.Redis) -> None:
+    import torch
+    from rq import SimpleWorker, Worker
+    from rq.utils import import_worker_class
+
+    from worker.worker_classes import WORKER_CLASSES, ForkScanWorker, InProcessScanWorker
+    from worker.workers import ScanWorker
+
+    _, default, _ = queues(settings, connection)
+    fork = ScanWorker([default], connection=connection, name=f"{PREFIX}-f", mode="fork")
+    in_process = ScanWorker([default], connection=connection, name=f"{PREFIX}-i", mode="in-process")
+    assert type(fork) is ForkScanWorker and isinstance(fork, Worker) and fork.mode == "fork"
+    assert type(in_process) is InProcessScanWorker and isinstance(in_process, SimpleWorker)
+    auto = ScanWorker([default], connection=connection, name=f"{PREFIX}-a", mode="auto")
+    assert type(auto) is WORKER_CLASSES["in-process" if torch.cuda.is_available() else "fork"]
+    # Nothing heartbeats while an in-process job runs: its entry outlives the job timeout.
+    job = put(default, "ttl", job_timeout=600)
+    assert in_process.get_heartbeat_ttl(job) == 660
+    with pytest.raises(ValueError, match="runs jobs fork, not in-process"):
+        ForkScanWorker([default], connection=connection, name=f"{PREFIX}-x", mode="in-process")
+    # `rq worker --worker-class ...` accepts every documented name
+    for name in ("workers.ScanWorker", "worker_classes.ForkScanWorker", "worker_classes.InProcessScanWorker"):
+        assert issubclass(import_worker_class(f"worker.{name}"), ScanWorker)
+
+
 def test_start_releases_the_claim_in_the_same_transaction(settings: Settings, connection: redis.Redis) -> None:
     from worker.workers import ClaimLost, ScanWorker
 

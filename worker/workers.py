@@ -1,21 +1,13 @@
-"""`ScanWorker`: an rq worker that loads the model once per process and warms it up before the first job.
+"""Scan workers: rq workers that load the model once per process and warm it up before the first job.
 
 Why not rq's default worker as is: `rq.Worker` forks a fresh work horse per job, so a model loaded
 lazily inside the job dies with the horse and is reloaded for every video.
 
-- fork mode (CPU): the model is loaded and warmed up in the parent *before* forking; every horse
-  inherits it copy-on-write and scans at once. The horse keeps rq's isolation: a crash, leak or
-  hard timeout kills only the horse, and the parent moves the job to retry/failed.
-  The parent does this with ONE torch thread: GNU OpenMP (PyTorch's CPU thread pool) is not
-  fork-safe, and a horse forked from a parent that ran a parallel region hangs in its first one.
-  Each horse then sets its own thread count (RALF_TORCH_THREADS, default all cores) and builds a
-  fresh pool.
-- in-process mode (CUDA): a CUDA context does not survive `fork()` (a child cannot use the parent's
-  context), so jobs run in the worker process itself like `rq.SimpleWorker`: the model stays
-  resident on the GPU. The price: a crash takes the worker down (its job is then recovered through
-  the liveness keys, see worker/liveness.py, and the container restarts), and the main thread is
-  busy during a job so rq's own heartbeat covers the whole job timeout.
-`auto` picks in-process when the scan device resolves to CUDA, fork otherwise.
+`ScanWorker` is the base of two modes, as rq has `Worker` and `SimpleWorker`
+(worker/worker_classes.py): `ForkScanWorker` (CPU: a horse per job, forked from the process holding
+the model) and `InProcessScanWorker` (CUDA: jobs in the process holding the model and its CUDA
+context). Constructing `ScanWorker` itself gives the class its `mode` names (default
+RALF_WORKER_MODE); `auto` picks in-process when the scan device resolves to CUDA, fork otherwise.
 
 Three more duties, whichever command started it:
 - only scan jobs run: a job naming another function, a bound instance, callbacks or webhooks, or an
@@ -30,12 +22,12 @@ Two more services, from the main process only (forked horses die after each job)
 - metrics (`metrics_port`, RALF_METRICS_PORT): each job's outcome is read back from Redis when the
   job is over and recorded in Prometheus metrics (worker/metrics.py);
 - webhooks: a job's callbacks are scheduled once its result is stored (`handle_job_success` /
-  `handle_job_failure`), and a sender thread delivers them (worker/webhooks.py); a burst worker
+  `handle_job_failure`), and a sender thread delivers them (worker/webhooks/); a burst worker
   delivers what is due before it leaves.
 
-Use it as `ralf-cli worker`, or as `rq worker ... --worker-class worker.workers.ScanWorker`.
-A plain `rq worker` without `--worker-class worker.workers.ScanWorker` runs whatever a job names:
-never point one at these queues.
+Use it as `ralf-cli worker`, or as `rq worker ... --worker-class worker.workers.ScanWorker` (or
+`worker.worker_classes.ForkScanWorker` / `InProcessScanWorker` to fix the mode). A plain `rq worker`
+without one of them runs whatever a job names: never point one at these queues.
 """
 
 from __future__ import annotations
@@ -44,21 +36,20 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import redis
-from rq import Worker
 from rq.exceptions import NoSuchJobError, StopRequested
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
-from rq.worker import WorkerStatus
+from rq.worker import BaseWorker, WorkerStatus
 
 from worker.handover import claim_next, claims_key, release_claim, return_claims
 from pipeline.verdict import Verdict
-from worker.jobs import job_refusal, note_crashed_attempt, preload_scanner, worker_settings
+from worker.jobs import job_refusal, preload_scanner, worker_settings
 from worker.liveness import LivenessBeat
 from worker.metrics import WorkerMetrics
 from worker.webhooks import WebhookSender, schedule_callbacks
@@ -80,8 +71,24 @@ def resolve_mode(mode: WorkerMode, settings: Settings) -> WorkerMode:
     return "in-process" if settings.scan_options().resolved_device() == "cuda" else "fork"
 
 
-class ScanWorker(Worker):
-    """rq worker with a preloaded, warmed-up Scanner, fork or in-process jobs, and liveness keys."""
+class ScanWorker(BaseWorker):
+    """rq worker with a preloaded, warmed-up Scanner, guarded claims, liveness keys, webhooks and metrics.
+
+    The base of both modes; `ScanWorker(...)` itself builds the class of `mode` (see the module docstring).
+    """
+
+    mode: ClassVar[WorkerMode]
+    # The main process's torch threads while it waits for jobs (None: as many as a job gets).
+    idle_threads: ClassVar[int | None] = None
+    jobs_run: ClassVar[str]  # where, for the start-up log line
+
+    def __new__(cls, *args: Any, mode: WorkerMode | None = None, **kwargs: Any) -> ScanWorker:
+        if cls is ScanWorker:  # `rq worker --worker-class worker.workers.ScanWorker` and `ralf-cli worker`
+            from worker.worker_classes import WORKER_CLASSES  # deferred: they import this module
+
+            settings = worker_settings()
+            cls = WORKER_CLASSES[resolve_mode(mode or settings.worker_mode, settings)]
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -101,7 +108,8 @@ class ScanWorker(Worker):
         kwargs["serializer"] = JSONSerializer
         super().__init__([q.name if isinstance(q, Queue) else q for q in listed], *args, **kwargs)
         self.settings = worker_settings()
-        self.mode = resolve_mode(mode or self.settings.worker_mode, self.settings)
+        if mode not in (None, "auto", self.mode):
+            raise ValueError(f"{type(self).__name__} runs jobs {self.mode}, not {mode}")
         self.warm_up = warm_up
         self._liveness: LivenessBeat | None = None
         self._job_threads = 0
@@ -110,16 +118,11 @@ class ScanWorker(Worker):
         self._webhooks: WebhookSender | None = None
         self._burst = False
 
-    @property
-    def fork_jobs(self) -> bool:
-        return self.mode == "fork"
-
     def prepare_model(self) -> None:
         import torch
 
         self._job_threads = self.settings.torch_threads or torch.get_num_threads()
-        # No OpenMP pool may exist at fork time (see the module docstring).
-        torch.set_num_threads(1 if self.fork_jobs else self._job_threads)
+        torch.set_num_threads(self.idle_threads or self._job_threads)
         started = time.perf_counter()
         scanner = preload_scanner(self.settings)
         loaded = time.perf_counter()
@@ -131,7 +134,7 @@ class ScanWorker(Worker):
             scanner.model_version,
             loaded - started,
             time.perf_counter() - loaded,
-            "in forked work horses" if self.fork_jobs else "in this process",
+            self.jobs_run,
         )
         for warning in scanner.warnings:
             self.log.warning("Worker %s: %s", self.name, warning)
@@ -339,7 +342,7 @@ class ScanWorker(Worker):
             self.set_state(WorkerStatus.IDLE)
             return
         try:
-            self.prepare_execution(job)
+            super().execute_job(job, queue)  # rq's: prepare_execution, then a horse or this process
         except ClaimLost:
             self.log.warning(
                 "Worker %s: job %s was given back to its queue while this worker was silent; not running it here",
@@ -348,13 +351,7 @@ class ScanWorker(Worker):
             )
             self.set_state(WorkerStatus.IDLE)
             return
-        if self.fork_jobs:  # what rq.Worker.execute_job does after prepare_execution
-            self.fork_work_horse(job, queue)
-            self.monitor_work_horse(job, queue)
-        else:  # what rq.SimpleWorker does: no fork, the preloaded model (and its CUDA context) is used here
-            self.perform_job(job, queue)
         self._record_outcome(job)
-        self.set_state(WorkerStatus.IDLE)
 
     def perform_job(self, job: Job, queue: Queue) -> bool:
         # Checked again where the job runs (horse or in-process), in case a subclass or rq path
@@ -364,28 +361,3 @@ class ScanWorker(Worker):
             self.refuse(job, queue, reason)
             return False
         return super().perform_job(job, queue)
-
-    def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
-        # The horse died without an answer (e.g. a decoder segfault on damaged input): the retry,
-        # if any, decodes with PyAV. handle_job_failure, which follows, saves the meta with the job.
-        note_crashed_attempt(job)
-        with contextlib.suppress(redis.RedisError):
-            job.save_meta()
-        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
-
-    def get_heartbeat_ttl(self, job: Job) -> int:
-        if self.fork_jobs:
-            return super().get_heartbeat_ttl(job)
-        # In-process: nothing heartbeats while the job runs, so the entry must outlive the job timeout.
-        timeout = job.timeout if job.timeout and job.timeout > 0 else self.worker_ttl
-        return int(timeout) + 60
-
-    def main_work_horse(self, job: Job, queue: Queue) -> None:
-        # Threads do not survive fork: the horse beats for the worker too, so a horse that outlives a
-        # killed parent finishes its job instead of having it re-run elsewhere at the same time.
-        LivenessBeat(self.connection, self.settings, self.name).start()
-        if self._job_threads:
-            import torch
-
-            torch.set_num_threads(self._job_threads)
-        super().main_work_horse(job, queue)
