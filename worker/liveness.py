@@ -161,7 +161,7 @@ def _note_crash(connection: Redis, job_id: str, serializer: object) -> None:
 
 
 def _announce_failed(connection: Redis, settings: Settings, job_ids: list[str], serializer: object) -> None:
-    """Jobs that rq's cleanup just failed for good (no retry left) get their webhooks (worker/webhooks.py)."""
+    """Jobs that rq's cleanup just failed for good (no retry left) get their webhooks (worker/webhooks/)."""
     from rq.job import JobStatus
 
     from worker.webhooks import schedule_callbacks

@@ -1,45 +1,19 @@
-"""Result webhooks: when a job finishes or fails for good, POST its verdict to the job's callback URLs.
-
-Flow, and why nothing is lost or blocked:
-- `ralf-cli enqueue --callback URL` (or RALF_CALLBACK_URL) checks the URL with the download rules
-  (http(s), no credentials, the address policy) and adds it to the job's callback set
-  `<prefix>:callbacks:<job id>`. A job is shared by everyone who enqueues the same content, so each
-  submitter's URL is added to the existing job; if that job has already ended, the delivery is
-  scheduled at once.
-- The worker stores the verdict (rq's result) first; only then `schedule_callbacks` adds one delivery
-  per URL to the sorted set `<prefix>:webhooks:due` (due now) with its record `<prefix>:webhook:<id>`.
-  The body is read from the stored result when it is sent, so a delivery never carries anything the
-  result store does not hold.
-- Deliveries are made by a `WebhookSender` thread in every worker's main process, never by the job:
-  a slow or dead receiver cannot hold up the next scan. A sender claims due deliveries atomically
-  (their due time moves a lease ahead), so two workers never send the same one at once, and one that
-  dies mid-delivery leaves it to be retried when the lease runs out (at-least-once: receivers dedupe
-  by `X-RALF-Delivery`).
-- A failed attempt (no connection, timeout, any non-2xx answer, a redirect) is retried after
-  RALF_WEBHOOK_RETRY_INTERVALS_S; after the last one the delivery is marked failed. The job's result
-  is untouched either way.
-
-Signature (as payment APIs do): `X-RALF-Timestamp: <unix seconds>` and
-`X-RALF-Signature: v1=<hex HMAC-SHA256 of "<timestamp>." + body under RALF_WEBHOOK_SECRET>`. A receiver
-recomputes it over the raw body (`verify_signature`) and rejects old timestamps (replays).
-"""
+"""Delivering webhooks: signed POSTs through download.py's guarded connections, from a
+`WebhookSender` thread of each worker's main process, never from the job."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -48,20 +22,14 @@ from worker.addresses import AddressRefused, Resolver, system_resolver
 from worker.download import _Guard, _GuardedHTTPHandler, _GuardedHTTPSHandler
 from worker.settings import Settings
 from worker.sources import SourceRefused, check_url, redact_url
+from worker.webhooks.callbacks import EVENTS, as_text, delivery_key, due_key, shown_url
+from worker.webhooks.signing import DELIVERY_HEADER, EVENT_HEADER, JOB_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "X-RALF-Signature"
-TIMESTAMP_HEADER = "X-RALF-Timestamp"
-DELIVERY_HEADER = "X-RALF-Delivery"
-EVENT_HEADER = "X-RALF-Event"
-JOB_HEADER = "X-RALF-Job-Id"
-SIGNATURE_TOLERANCE_S = 300
 _USER_AGENT = "ralf-moderation-webhook/1"
 _CLAIM_LEASE_EXTRA_S = 30.0
 _CLAIM_BATCH = 10
-
-EVENTS = {"finished": "scan.finished", "failed": "scan.failed"}
 
 # Due deliveries -> leased to the caller: their due time moves `lease` seconds ahead, atomically.
 _CLAIM_DUE = """
@@ -73,178 +41,6 @@ return due
 """
 
 
-class CallbackRefused(ValueError):
-    """The callback URL breaks the URL rules, or webhooks are not set up; the message says why."""
-
-
-# --- keys ----------------------------------------------------------------------------------------
-def callbacks_key(settings: Settings, job_id: str) -> str:
-    return settings.key("callbacks", job_id)
-
-
-def due_key(settings: Settings) -> str:
-    return settings.key("webhooks", "due")
-
-
-def delivery_key(settings: Settings, delivery_id: str) -> str:
-    return settings.key("webhook", delivery_id)
-
-
-def _keep_s(settings: Settings) -> int:
-    return max(settings.result_ttl_s, settings.failure_ttl_s)
-
-
-def _text(value: bytes | str | None) -> str:
-    return value.decode() if isinstance(value, bytes) else (value or "")
-
-
-def shown_url(url: str) -> str:
-    """A callback URL as others may see it: scheme and host only (paths often carry tokens)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or '?'}" + (f":{parts.port}" if parts.port else "")
-
-
-# --- signing -------------------------------------------------------------------------------------
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The signature header's value: v1=<hex HMAC-SHA256 of '<timestamp>.' + body>."""
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"v1={digest}"
-
-
-def verify_signature(
-    secret: str,
-    body: bytes,
-    headers: Mapping[str, str],
-    *,
-    tolerance_s: float = SIGNATURE_TOLERANCE_S,
-    now: float | None = None,
-) -> bool:
-    """What a receiver does: the signature matches the raw body and the timestamp is recent."""
-    lowered = {k.lower(): v for k, v in headers.items()}
-    timestamp, signature = lowered.get(TIMESTAMP_HEADER.lower()), lowered.get(SIGNATURE_HEADER.lower())
-    if not timestamp or not signature or not timestamp.isdigit():
-        return False
-    if abs((now if now is not None else time.time()) - int(timestamp)) > tolerance_s:
-        return False
-    expected = sign(secret, int(timestamp), body)
-    return any(hmac.compare_digest(expected, part.strip()) for part in signature.split(","))
-
-
-# --- enqueue side --------------------------------------------------------------------------------
-def check_callback_url(url: str, settings: Settings, resolver: Resolver | None = None) -> str:
-    """The URL if webhooks may go there (the download rules: http(s), no credentials, public or
-    RALF_URL_ALLOW addresses) and a secret is set to sign them; else CallbackRefused."""
-    if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():
-        raise CallbackRefused(
-            "callbacks are signed with a shared secret: set RALF_WEBHOOK_SECRET (the receiver verifies with it)"
-        )
-    try:
-        return check_url(url, settings.url_policy(), resolver or system_resolver).location
-    except SourceRefused as exc:
-        raise CallbackRefused(f"callback URL refused: {exc}") from None
-
-
-def register_callback(connection: Redis, settings: Settings, job_id: str, url: str) -> bool:
-    """Add `url` to the job's callbacks; if the job has already ended, schedule its delivery now.
-    Returns True when a delivery was scheduled at once. (The URL is added before the job's state is
-    read, and a worker stores the result before reading the callbacks: one of the two sees the other.)"""
-    from rq.job import Job, JobStatus
-    from rq.serializers import JSONSerializer
-
-    key = callbacks_key(settings, job_id)
-    with connection.pipeline() as pipe:
-        pipe.sadd(key, url)
-        pipe.expire(key, _keep_s(settings))
-        pipe.execute()
-    try:
-        job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
-    except Exception:  # noqa: BLE001 - no job yet: the worker schedules it when the job ends
-        return False
-    status = job.get_status(refresh=False)
-    event = {JobStatus.FINISHED: "finished", JobStatus.FAILED: "failed"}.get(status)  # type: ignore[call-overload]
-    if event is None:
-        return False
-    return bool(schedule_callbacks(connection, settings, job_id, job.created_at, event, only=[url]))
-
-
-# --- worker side: scheduling ---------------------------------------------------------------------
-def delivery_id(job_id: str, created_at: datetime | None, url: str) -> str:
-    """One delivery per job run and URL: the same ids if scheduling is repeated, new ones for a job
-    made again (enqueue --force creates it anew)."""
-    made = created_at.isoformat() if created_at is not None else ""
-    return hashlib.sha256(f"{job_id}|{made}|{url}".encode()).hexdigest()[:32]
-
-
-def schedule_callbacks(
-    connection: Redis,
-    settings: Settings,
-    job_id: str,
-    created_at: datetime | None,
-    event: str,
-    *,
-    only: list[str] | None = None,
-) -> list[str]:
-    """Schedule one delivery (due now) per callback URL of the job; call it after the result is stored.
-    Returns the new delivery ids (already scheduled ones are left as they are)."""
-    urls = only if only is not None else sorted(_text(u) for u in connection.smembers(callbacks_key(settings, job_id)))
-    scheduled = []
-    now = time.time()
-    for url in urls:
-        ident = delivery_id(job_id, created_at, url)
-        key = delivery_key(settings, ident)
-        record = {
-            "job_id": job_id,
-            "url": url,
-            "event": EVENTS[event],
-            "attempts": 0,
-            "status": "pending",
-            "created_at": datetime.now(timezone.utc).isoformat(),
-        }
-        if not connection.hsetnx(key, "job_id", job_id):
-            continue  # scheduled before (a repeated hand-over, or enqueue and worker both)
-        with connection.pipeline() as pipe:
-            pipe.hset(key, mapping=record)
-            pipe.expire(key, _keep_s(settings))
-            pipe.zadd(due_key(settings), {ident: now}, nx=True)
-            pipe.execute()
-        scheduled.append(ident)
-    if scheduled:
-        log.info("job %s %s: %d webhook deliveries scheduled", job_id, event, len(scheduled))
-    return scheduled
-
-
-@dataclass(frozen=True)
-class DeliveryState:
-    """One webhook delivery of a job, as `status` shows it (host only: paths may carry tokens)."""
-
-    delivery_id: str
-    url: str
-    event: str
-    status: str
-    attempts: int
-    last_error: str | None
-
-
-def job_deliveries(connection: Redis, settings: Settings, job_id: str, created_at: datetime | None) -> list[DeliveryState]:
-    urls = sorted(_text(u) for u in connection.smembers(callbacks_key(settings, job_id)))
-    states = []
-    for url in urls:
-        ident = delivery_id(job_id, created_at, url)
-        record = {_text(k): _text(v) for k, v in connection.hgetall(delivery_key(settings, ident)).items()}
-        states.append(
-            DeliveryState(
-                ident,
-                shown_url(url),
-                record.get("event", ""),
-                record.get("status", "waiting for the job"),
-                int(record.get("attempts") or 0),
-                record.get("last_error") or None,
-            )
-        )
-    return states
-
-
-# --- worker side: delivering ---------------------------------------------------------------------
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     """A webhook is not redirected (its body would be dropped or re-sent elsewhere): 3xx is a failure."""
 
@@ -374,7 +170,7 @@ class WebhookSender:
         come back when the lease ends)."""
         now = time.time()
         lease = now + self.settings.webhook_timeout_s + _CLAIM_LEASE_EXTRA_S
-        claimed = [_text(i) for i in self._claim(keys=[due_key(self.settings)], args=[now, lease, _CLAIM_BATCH])]
+        claimed = [as_text(i) for i in self._claim(keys=[due_key(self.settings)], args=[now, lease, _CLAIM_BATCH])]
         for ident in claimed:
             if stoppable and self._stop.is_set():
                 break
@@ -384,7 +180,7 @@ class WebhookSender:
     def attempt(self, ident: str) -> str:
         """One attempt of one delivery; returns its outcome."""
         key = delivery_key(self.settings, ident)
-        record = {_text(k): _text(v) for k, v in self.connection.hgetall(key).items()}
+        record = {as_text(k): as_text(v) for k, v in self.connection.hgetall(key).items()}
         if not record or record.get("status") in ("delivered", "failed"):
             self.connection.zrem(due_key(self.settings), ident)
             return "gone"
