@@ -2,7 +2,7 @@
 processes: every state a worker killed at any moment can leave, and what puts each job back.
 
 Isolation: Redis database 13 at 127.0.0.1:6379, queue names, job ids and worker names carrying a
-per-session prefix; teardown deletes only keys containing that prefix.
+per-session prefix; teardown deletes only keys named with that prefix.
 """
 
 from __future__ import annotations
@@ -29,20 +29,11 @@ from worker.liveness import LivenessBeat, alive_key, members_key, requeue_abando
 from worker.queue import delete_prefixed_keys
 from worker.settings import Settings
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
+from redis_deployment import REDIS_URL, requires_redis
+
 PREFIX = f"h{uuid.uuid4().hex[:10]}"
 
-
-def redis_answers() -> bool:
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(
-    not os.environ.get("CI") and not redis_answers(), reason="no Redis at 127.0.0.1:6379 (.ci/run starts one)"
-)
+pytestmark = requires_redis
 
 PAYLOAD = {"source": "/media/a.mp4", "kind": "file", "content_hash": "ab" * 32, "model_version": "ralf-tiny-1"}
 

@@ -1,7 +1,7 @@
 """End to end against a real Redis and real `rq worker` / `ralf-cli worker` processes (tiny model, CPU).
 
 Isolation: Redis database 13 at 127.0.0.1:6379, and queue names, job ids and worker names carrying a
-per-session prefix; teardown deletes only keys containing that prefix. The Redis-restart test runs
+per-session prefix; teardown deletes only keys named with that prefix. The Redis-restart test runs
 its own redis-server.
 """
 
@@ -58,34 +58,23 @@ from worker.queue import (
     job_verdict,
     model_version,
 )
-from worker.settings import Settings, settings_env_names
+from worker.settings import Settings
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
+from redis_deployment import (
+    REDIS_URL,
+    deployment_env,
+    deployment_environment,
+    free_port,
+    redis_answers,
+    requires_redis,
+    wait_for,
+)
+
 BIN = Path(sys.executable).parent
 PREFIX = f"t{uuid.uuid4().hex[:10]}"
 runner = CliRunner()
 
-
-def redis_answers(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
-# Skipped only on a developer machine without Redis; under CI (.ci/run starts one) a missing Redis fails.
-pytestmark = pytest.mark.skipif(
-    not os.environ.get("CI") and not redis_answers(REDIS_URL), reason="no Redis at 127.0.0.1:6379 (.ci/run starts one)"
-)
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+pytestmark = requires_redis
 
 
 # --- fixtures -----------------------------------------------------------------------------------
@@ -108,31 +97,15 @@ def env(media: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
     torch.manual_seed(0)
     weights = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
     save_weights(weights, RALF(RALFConfig.tiny()).eval())
-    values = {
-        "RALF_REDIS_URL": REDIS_URL,
-        "RALF_KEY_PREFIX": PREFIX,
-        "RALF_QUEUE_HIGH": f"{PREFIX}-high",
-        "RALF_QUEUE_DEFAULT": f"{PREFIX}-default",
-        "RALF_QUEUE_LOW": f"{PREFIX}-low",
-        "RALF_MEDIA_ROOTS": str(media),
-        "RALF_WEIGHTS": str(weights),
-        "RALF_DEVICE": "cpu",
-        "RALF_DECODER": "pyav",
-        "RALF_MAX_FRAMES": "2",
-        "RALF_TORCH_THREADS": "1",
-        "RALF_RETRY_MAX": "1",
-        "RALF_RETRY_INTERVALS_S": "0",
-        "RALF_WORKER_LIVENESS_TTL_S": "3",
-        "RALF_DOWNLOAD_MAX_BYTES": "1000000",
-        "RALF_DOWNLOAD_TIMEOUT_S": "5",
-        "RALF_URL_ALLOW": "127.0.0.1",  # this module's HTTP server; every other internal address stays refused
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for name in settings_env_names():
-            patch.delenv(name, raising=False)
-        for key, value in values.items():
-            patch.setenv(key, value)
-        yield {**os.environ, **values, "OMP_NUM_THREADS": "1"}
+    values = deployment_env(
+        PREFIX,
+        RALF_MEDIA_ROOTS=str(media),
+        RALF_WEIGHTS=str(weights),
+        RALF_WORKER_LIVENESS_TTL_S="3",
+        RALF_DOWNLOAD_MAX_BYTES="1000000",
+    )
+    with deployment_environment(values) as environment:
+        yield environment
     for worker in SPAWNED:  # a failed test may have left its worker running
         if worker.alive():
             worker.kill_tree()
@@ -665,12 +638,6 @@ def test_killed_worker_job_is_rerun_by_the_other(
     verdict = job_verdict(job)
     assert verdict.label in ("real", "fake") and verdict.counts.frames_decoded == 96
     assert survivor.alive()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_redis(port: int, data_dir: Path) -> subprocess.Popen[bytes]:

@@ -2,13 +2,12 @@
 
 Traffic goes to 127.0.0.1 only: a local HTTP server receives the webhooks (RALF_URL_ALLOW opens
 127.0.0.1 for this module), the worker's metrics endpoint is scraped there, and Redis is database 13
-at 127.0.0.1:6379 with a per-session prefix; teardown deletes only keys carrying that prefix.
+at 127.0.0.1:6379 with a per-session prefix; teardown deletes only keys named with that prefix.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -42,32 +41,18 @@ from worker.webhooks import (
     verify_signature,
 )
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
+from redis_deployment import (
+    REDIS_URL,
+    deployment_env,
+    deployment_environment,
+    free_port,
+    requires_redis,
+    wait_for,
+)
+
 BIN = Path(sys.executable).parent
 PREFIX = f"w{uuid.uuid4().hex[:10]}"
 SECRET = "test-secret-" + uuid.uuid4().hex
-
-
-def redis_answers(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- signatures (no Redis) ---------------------------------------------------------------------
@@ -113,9 +98,6 @@ def test_callback_urls_obey_the_download_rules(monkeypatch: pytest.MonkeyPatch) 
 
 
 # --- a real worker -------------------------------------------------------------------------------
-pytestmark_redis = pytest.mark.skipif(
-    not os.environ.get("CI") and not redis_answers(REDIS_URL), reason="no Redis at 127.0.0.1:6379 (.ci/run starts one)"
-)
 
 
 class Receiver(BaseHTTPRequestHandler):
@@ -166,37 +148,21 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def env(media: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    values = {
-        "RALF_REDIS_URL": REDIS_URL,
-        "RALF_KEY_PREFIX": PREFIX,
-        "RALF_QUEUE_HIGH": f"{PREFIX}-high",
-        "RALF_QUEUE_DEFAULT": f"{PREFIX}-default",
-        "RALF_QUEUE_LOW": f"{PREFIX}-low",
-        "RALF_MEDIA_ROOTS": str(media),
-        "RALF_RANDOM_WEIGHTS": "1",
-        "RALF_RANDOM_PRESET": "tiny",
-        "RALF_DEVICE": "cpu",
-        "RALF_DECODER": "pyav",
-        "RALF_MAX_FRAMES": "2",
-        "RALF_TORCH_THREADS": "1",
-        "RALF_RETRY_MAX": "1",
-        "RALF_RETRY_INTERVALS_S": "0",
-        "RALF_WORKER_LIVENESS_TTL_S": "5",
-        "RALF_DOWNLOAD_TIMEOUT_S": "5",
-        "RALF_URL_ALLOW": "127.0.0.1",  # the receiver; every other internal address stays refused
-        "RALF_WEBHOOK_SECRET": SECRET,
-        "RALF_WEBHOOK_RETRY_INTERVALS_S": "0.3,0.3",
-        "RALF_WEBHOOK_TIMEOUT_S": "5",
-        "RALF_EVIDENCE_DIR": str(tmp_path_factory.mktemp("evidence")),
-        "RALF_METRICS_PORT": str(free_port()),
-        "RALF_METRICS_HOST": "127.0.0.1",
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for name in settings_env_names():
-            patch.delenv(name, raising=False)
-        for key, value in values.items():
-            patch.setenv(key, value)
-        yield {**os.environ, **values, "OMP_NUM_THREADS": "1"}
+    values = deployment_env(
+        PREFIX,
+        RALF_MEDIA_ROOTS=str(media),
+        RALF_RANDOM_WEIGHTS="1",
+        RALF_RANDOM_PRESET="tiny",
+        RALF_WORKER_LIVENESS_TTL_S="5",
+        RALF_WEBHOOK_SECRET=SECRET,
+        RALF_WEBHOOK_RETRY_INTERVALS_S="0.3,0.3",
+        RALF_WEBHOOK_TIMEOUT_S="5",
+        RALF_EVIDENCE_DIR=str(tmp_path_factory.mktemp("evidence")),
+        RALF_METRICS_PORT=str(free_port()),
+        RALF_METRICS_HOST="127.0.0.1",
+    )
+    with deployment_environment(values) as environment:
+        yield environment
     delete_prefixed_keys(redis.Redis.from_url(REDIS_URL), PREFIX)
 
 
@@ -249,7 +215,7 @@ def done(connection: redis.Redis, job_id: str) -> Callable[[], bool]:
     return lambda: fetch_job(connection, job_id).get_status().value in ("finished", "failed")
 
 
-@pytestmark_redis
+@requires_redis
 def test_webhooks_metrics_and_evidence_of_a_real_worker(
     env: dict[str, str], media: Path, receiver: str, worker: subprocess.Popen[bytes]
 ) -> None:
@@ -365,7 +331,7 @@ def _run_scenario(settings: Settings, connection: redis.Redis, env: dict[str, st
     assert connection.exists(delivery_key(settings, state.delivery_id))
 
 
-@pytestmark_redis
+@requires_redis
 def test_rq_info_reads_the_queues_with_the_json_serializer(env: dict[str, str], worker: subprocess.Popen[bytes]) -> None:
     """`rq info` (rq's own tool) lists our queues and workers when given the JSON serializer."""
     result = subprocess.run(
