@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,13 @@ from redis.retry import Retry as RedisRetry
 from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.registry import (
+    BaseRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
@@ -158,7 +165,7 @@ def enqueue_scan(
 ) -> EnqueuedJob:
     """One job per video; the same video (content), model and options map to the same job id.
 
-    `callback`: an http(s) URL that gets the verdict (signed POST, worker/webhooks.py) when the job
+    `callback`: an http(s) URL that gets the verdict (signed POST, worker/webhooks/) when the job
     ends; added to an existing job too (each submitter of shared content gets their own call)."""
     if callback is not None:
         try:
@@ -268,8 +275,12 @@ def _payload_source(job: Job) -> str:
 
 
 def failure_reason(job: Job) -> str | None:
-    result = job.latest_result()
-    text = result.exc_string if result is not None and result.type == Result.Type.FAILED else job.exc_info
+    return _failure_text(job, job.latest_result())
+
+
+def _failure_text(job: Job, latest: Result | None) -> str | None:
+    """The last line of why the job failed: its latest failed result, else rq's exc_info."""
+    text = latest.exc_string if latest is not None and latest.type == Result.Type.FAILED else job.exc_info
     if not text:
         return None
     lines = [line for line in text.strip().splitlines() if line.strip()]
@@ -278,9 +289,20 @@ def failure_reason(job: Job) -> str | None:
 
 def job_state(job: Job) -> JobState:
     job.refresh()
+    return _state(job, job.latest_result() if _status(job) in _WITH_RESULT else None)
+
+
+# States whose listing reads the latest result (the verdict, or why it failed).
+_WITH_RESULT = (JobStatus.FINISHED.value, JobStatus.FAILED.value)
+
+
+def _state(job: Job, latest: Result | None) -> JobState:
+    """`job` as listed, from its hash as read and its latest result (read only for `_WITH_RESULT`)."""
     status = _status(job)
     progress = job.meta.get("progress") or {}
-    verdict = job_verdict(job) if status == JobStatus.FINISHED.value else None
+    verdict = None
+    if status == JobStatus.FINISHED.value and latest is not None and latest.type == Result.Type.SUCCESSFUL:
+        verdict = _verdict(latest.return_value)
     return JobState(
         job_id=job.id,
         status=status,
@@ -293,45 +315,117 @@ def job_state(job: Job) -> JobState:
         ended_at=job.ended_at,
         worker=job.worker_name,
         retries_left=job.retries_left,
-        error=failure_reason(job) if status == JobStatus.FAILED.value else None,
+        error=_failure_text(job, latest) if status == JobStatus.FAILED.value else None,
         verdict_label=verdict.label if verdict is not None else None,
     )
 
 
 def job_verdict(job: Job) -> Verdict | None:
     """The stored verdict of a finished job (None while it is not finished)."""
-    value: Any = job.return_value(refresh=True)
-    if value is None:
-        return None
-    return Verdict.model_validate(value)
+    return _verdict(job.return_value(refresh=True))
+
+
+def _verdict(value: Any) -> Verdict | None:
+    return None if value is None else Verdict.model_validate(value)
+
+
+LIST_PAGE = 500  # job ids read, and jobs fetched in one pipeline, at a time
 
 
 def list_jobs(connection: Redis, settings: Settings, *, failed: bool = False) -> list[JobState]:
     """Jobs across the three queues: failed ones only, or everything queued, running, waiting or done."""
-    queues = all_queues(settings, connection)
-    ids: list[str] = []
-    for queue in queues:
-        if failed:
-            ids += FailedJobRegistry(queue=queue).get_job_ids()
+    return list(iter_jobs(connection, settings, failed=failed))
+
+
+def iter_jobs(
+    connection: Redis, settings: Settings, *, failed: bool = False, page_size: int = LIST_PAGE
+) -> Iterator[JobState]:
+    """`list_jobs` a page at a time: results live for days, so a busy deployment holds many jobs.
+    Each page of ids costs two pipelined round trips (the job hashes, then the latest results of
+    finished and failed jobs); a job met in two registries (it moved while listed) is listed once."""
+    seen: set[str] = set()
+    for ids in _id_pages(connection, settings, failed, page_size):
+        fresh = [job_id for job_id in dict.fromkeys(ids) if job_id not in seen]
+        if not fresh:
             continue
-        ids += queue.get_job_ids()
-        for registry in (StartedJobRegistry, ScheduledJobRegistry, FinishedJobRegistry, FailedJobRegistry):
-            ids += registry(queue=queue).get_job_ids()
-    jobs = Job.fetch_many(list(dict.fromkeys(ids)), connection=connection, serializer=JSONSerializer)
-    return [job_state(job) for job in jobs if job is not None]
+        seen.update(fresh)
+        jobs = [job for job in Job.fetch_many(fresh, connection=connection, serializer=JSONSerializer) if job]
+        with_result = [job for job in jobs if _status(job) in _WITH_RESULT]
+        with connection.pipeline(transaction=False) as pipe:
+            for job in with_result:
+                pipe.xrevrange(Result.get_key(job.id), "+", "-", count=1)
+            latest = dict(zip((job.id for job in with_result), pipe.execute()))
+        for job in jobs:
+            entries = latest.get(job.id)
+            result = None
+            if entries:
+                result_id, payload = entries[0]
+                result = Result.restore(job.id, result_id.decode(), payload, connection, serializer=JSONSerializer)
+            yield _state(job, result)
+
+
+def _id_pages(connection: Redis, settings: Settings, failed: bool, page_size: int) -> Iterator[list[str]]:
+    """Job ids per queue (high, default, low): the queue, then its started, scheduled, finished and
+    failed registries (failed only, with `failed`); each registry cleaned up once, as rq does when
+    it lists one."""
+    kinds: list[type[BaseRegistry]] = [FailedJobRegistry]
+    if not failed:
+        kinds = [StartedJobRegistry, ScheduledJobRegistry, FinishedJobRegistry, FailedJobRegistry]
+    for queue in all_queues(settings, connection):
+        sources: list[Queue | BaseRegistry] = [] if failed else [queue]
+        sources += [kind(queue=queue) for kind in kinds]
+        for source in sources:
+            if isinstance(source, BaseRegistry):
+                source.cleanup()
+            yield from _pages(source, page_size)
+
+
+def _pages(source: Queue | BaseRegistry, page_size: int) -> Iterator[list[str]]:
+    start = 0
+    while True:
+        if isinstance(source, Queue):
+            page = source.get_job_ids(start, page_size)
+        else:
+            page = source.get_job_ids(start, start + page_size - 1, cleanup=False)
+        if page:
+            yield page
+        if len(page) < page_size:
+            return
+        start += page_size
 
 
 def delete_prefixed_keys(connection: Redis, prefix: str) -> None:
-    """Remove everything a deployment whose job ids, queue and worker names all carry `prefix` left in
-    Redis (tests, benchmarks), touching no other key: its keys, its entries in rq's shared sets, and
-    the scheduler locks of its queues (named by uuid, so found through the queues they list)."""
-    keys = list(connection.scan_iter(match=f"*{prefix}*", count=1000))
-    if keys:
-        connection.delete(*keys)
+    """Remove everything a deployment whose job ids, queue and worker names all start with `prefix`
+    left in Redis (tests, benchmarks), touching no other key: its own keys (`<prefix>:...`), rq's
+    keys of its jobs, queues and workers (`rq:<kind>:<prefix>...`), its entries in rq's shared sets,
+    and the scheduler locks of its queues (named by uuid, so found through the queues they list)."""
+    mine = prefix.encode()
+    pattern = _glob_escape(prefix)
+    found = [*connection.scan_iter(match=f"{pattern}*", count=1000)]
+    found += [key for key in connection.scan_iter(match=f"rq:*:{pattern}*", count=1000) if _owned(key, mine)]
+    for start in range(0, len(found), 1000):
+        connection.delete(*found[start : start + 1000])
     for shared in ("rq:queues", "rq:workers"):
-        mine = [member for member in connection.smembers(shared) if prefix.encode() in member]
-        if mine:
-            connection.srem(shared, *mine)
+        members = [member for member in connection.smembers(shared) if _owned(member, mine)]
+        if members:
+            connection.srem(shared, *members)
     for key in connection.scan_iter(match="rq:scheduler:*"):
-        if prefix.encode() in (connection.hget(key, "queues") or b""):
+        queues = (connection.hget(key, "queues") or b"").split(b",")
+        if any(name.startswith(mine) for name in queues):
             connection.delete(key)
+
+
+def _owned(key: bytes, prefix: bytes) -> bool:
+    """Whether a key is the deployment's: its own keys start with the prefix, and rq's carry it at
+    the start of the name after their kind (`rq:job:<id>`, `rq:queue:<name>`, `rq:worker:<name>`)."""
+    if key.startswith(prefix):
+        return True
+    if not key.startswith(b"rq:"):
+        return False
+    _kind, separator, name = key[3:].partition(b":")
+    return bool(separator) and name.startswith(prefix)
+
+
+def _glob_escape(text: str) -> str:
+    """`text` matched literally in a Redis SCAN pattern."""
+    return "".join(f"\\{char}" if char in "*?[]\\" else char for char in text)
