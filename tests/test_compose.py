@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import pytest
 import typer.main
 import yaml
 from rq.cli.cli import main as rq_main
 from rq.serializers import JSONSerializer, resolve_serializer
-from rq.utils import import_attribute
+from rq.utils import import_worker_class
 
 from cli.main import app
 from worker.settings import Settings, settings_env_names
@@ -47,7 +48,7 @@ def check_rq_worker(args: list[str]) -> None:
     assert tuple(params["queues"]) == tuple(Settings().queue_names), "worker must drain high, default, low in order"
     assert resolve_serializer(params["serializer"]) is JSONSerializer, "jobs must travel as JSON"
     assert params["url"] == '$RALF_REDIS_URL'
-    import_attribute(params["worker_class"])
+    import_worker_class(params["worker_class"])  # what `rq worker` itself does with it
 
 
 def commands() -> list[tuple[str, list[str]]]:
@@ -86,19 +87,37 @@ def test_every_ralf_variable_is_a_setting() -> None:
     assert not unknown, f"not Settings fields: {sorted(unknown)}"
 
 
-def test_worker_environment_parses(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in SERVICES["worker"]["environment"].items():
+def mount_targets(service: dict) -> set[PurePosixPath]:
+    """Where a service's volumes appear in its container (`source:target[:ro|rw]`; sources may hold
+    `${VAR:-default}`)."""
+    targets = set()
+    for volume in service["volumes"]:
+        parts = volume.rsplit(":", 2)
+        targets.add(PurePosixPath(parts[-2] if parts[-1] in ("ro", "rw") else parts[-1]))
+    return targets
+
+
+@pytest.mark.parametrize("name", ["worker", "rq-worker"])
+def test_worker_environment_works_with_what_compose_provides(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    service = SERVICES[name]
+    for key in settings_env_names():
+        monkeypatch.delenv(key, raising=False)
+    for key, value in service["environment"].items():
         monkeypatch.setenv(key, str(value))
     settings = Settings()
-    assert settings.device == "cuda" and settings.media_roots == [Path("/media")]
-    assert settings.redis_url == "redis://redis:6379/0"
+    settings.scan_options()  # the options the workers scan with build from it
+    assert urlsplit(settings.redis_url).hostname in SERVICES  # Redis by its compose service name
+    files = [*settings.media_roots, settings.weights, settings.evidence_dir]
+    mounts = mount_targets(service)
+    for path in files:
+        assert path is not None and any(PurePosixPath(path).is_relative_to(m) for m in mounts), path
 
 
-def test_redis_is_persistent_and_health_checked() -> None:
+def test_redis_keeps_its_data_on_a_volume() -> None:
     redis = SERVICES["redis"]
-    assert "appendonly" in " ".join(redis["command"])
-    assert any(volume.endswith(":/data") for volume in redis["volumes"])
-    assert "redis-cli" in " ".join(redis["healthcheck"]["test"])
+    args = argv_of(redis["command"])[1:]
+    data_dir = args[args.index("--dir") + 1] if "--dir" in args else "/data"  # the redis image's workdir
+    assert PurePosixPath(data_dir) in mount_targets(redis)
 
 
 @pytest.mark.parametrize("name", ["worker", "rq-worker"])
@@ -107,8 +126,7 @@ def test_worker_service_is_a_scalable_gpu_service(name: str) -> None:
     assert (ROOT / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
     devices = service["deploy"]["resources"]["reservations"]["devices"]
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
-    mounts = {volume.rsplit(":", 2)[-2] for volume in service["volumes"]}
-    assert {"/weights", "/media"} <= mounts
+    assert {PurePosixPath("/weights"), PurePosixPath("/media")} <= mount_targets(service)
     # --scale worker=N needs no fixed container name and no published host port.
     assert "container_name" not in service and "ports" not in service
     assert service["depends_on"]["redis"]["condition"] == "service_healthy"

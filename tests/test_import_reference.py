@@ -21,10 +21,9 @@ from torch import Tensor
 from typer.testing import CliRunner
 
 from ralf.config import RALFConfig
-from ralf.model import LABEL_CONVENTION, RALF
+from ralf.model import LABEL_CONVENTION
 from ralf.weights import load_weights, read_metadata
 from trainer.import_reference import (
-    REFERENCE_LABEL_CONVENTION,
     ReferenceImportError,
     import_reference,
     import_reference_to_file,
@@ -433,8 +432,9 @@ def test_known_reference_logit_becomes_its_negative(tmp_path: Path, tiny_checkpo
     assert torch.equal(z, torch.full((2,), 1.75))
     assert torch.equal(ours, -z)  # exact: only the final layer's sign changed
     assert torch.allclose(torch.sigmoid(ours), 1 - torch.sigmoid(z))
-    assert metadata.label_convention == LABEL_CONVENTION == "sigmoid(logit) = P(fake)"
-    assert report.reference_label_convention == REFERENCE_LABEL_CONVENTION == "sigmoid(logit) = P(real)"
+    # The weights declare this project's convention; the report records the one they were trained in.
+    assert metadata.label_convention == report.label_convention == LABEL_CONVENTION
+    assert report.reference_label_convention == "sigmoid(logit) = P(real)"
     assert metadata.training["reference_import"]["label_convention_flipped"] is True
 
 

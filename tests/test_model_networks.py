@@ -71,7 +71,6 @@ def test_paper_parameter_counts(paper_on_meta: RALF) -> None:
         print(f"{name:36s} {value / 1e6:8.3f}M")
     assert counts["destructor"] == 256 * 256
     # Paper Table 5: Xception 20.8M; Chollet's network with a 2048->1 head has 20,809,001.
-    assert abs(counts["xception (backbone + 2048->1 head)"] / 20.8e6 - 1) < 0.02
     assert counts["xception (backbone + 2048->1 head)"] == 20_809_001
     # Notes: MIMO-UNet about 6.8M, DCGAN discriminator about 0.7M.
     assert abs(counts["reconstructor"] / 6.8e6 - 1) < 0.02
@@ -99,7 +98,6 @@ def test_classifier_variants_build_and_run(backbone: str, pool: str, guidance: b
         logit = classifier(diff_recon, diff_destroyed)
         assert logit.shape == (2,)
         assert torch.isfinite(logit).all()
-        assert (classifier.guidance is not None) == guidance
         if guidance:
             assert classifier.guidance is not None
             stem = classifier.backbone.stem(diff_recon)
@@ -107,6 +105,7 @@ def test_classifier_variants_build_and_run(backbone: str, pool: str, guidance: b
             # The guidance branch must actually influence the logit.
             assert not torch.equal(logit, classifier(diff_recon, torch.zeros_like(diff_destroyed)))
         else:
+            assert classifier.guidance is None
             assert torch.equal(logit, classifier(diff_recon, torch.zeros_like(diff_destroyed)))
 
 

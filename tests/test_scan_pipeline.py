@@ -220,8 +220,9 @@ def test_warm_up_runs_two_forwards_at_the_batch_size(scanner: Scanner, monkeypat
     monkeypatch.setattr(scanner.detector, "detect", detect)
     small_batches.warm_up()
     size = scanner.image_size
-    assert forwards == [(4, 3, size, size)] * scan_module.WARM_UP_FORWARDS == [(4, 3, size, size)] * 2
-    assert frames == [(1, *scan_module.WARM_UP_FRAME_HW, 3)]
+    # oneDNN settles over the first forwards of a shape: more than one, each at the batch size
+    assert len(forwards) >= 2 and set(forwards) == {(4, 3, size, size)}
+    assert len(frames) == 1 and frames[0][0] == 1 and frames[0][-1] == 3  # one blank RGB frame
 
 
 @pytest.mark.parametrize(
@@ -247,10 +248,12 @@ def test_expected_samples_unknown_length_is_zero() -> None:
 def test_large_frames_get_smaller_chunks(scanner: Scanner) -> None:
     uhd = VideoInfo(width=3840, height=2160, fps=30.0, codec="hevc")
     small = VideoInfo(width=320, height=240, fps=30.0, codec="h264")
-    assert scanner.chunk_frames(small) == scanner.options.chunk_size == 32
-    assert scanner.chunk_frames(uhd) == 32_000_000 // (3840 * 2160) == 3
-    tiny_budget = _scanner(chunk_pixels=1)
-    assert tiny_budget.chunk_frames(uhd) == 1
+    options, pixels = scanner.options, 3840 * 2160
+    assert scanner.chunk_frames(small) == options.chunk_size  # small frames fill whole chunks
+    frames = scanner.chunk_frames(uhd)
+    assert 1 < frames < options.chunk_size
+    assert frames * pixels <= options.chunk_pixels < (frames + 1) * pixels  # the most that fit the budget
+    assert _scanner(chunk_pixels=1).chunk_frames(uhd) == 1  # never less than one frame
 
 
 def test_decoder_fallback_part_way_is_reported(small_vp9: Path, monkeypatch: pytest.MonkeyPatch) -> None:
