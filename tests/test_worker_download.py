@@ -9,16 +9,17 @@ below, so no lookup leaves the machine.
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from worker.addresses import AddressPolicy
 from worker.download import DownloadFailed, DownloadRefused, download
+
+from worker_testing import local_http_server
 
 BODY = bytes(range(256)) * 400  # 100 KiB
 LOCAL = AddressPolicy.from_entries(["127.0.0.1"])
@@ -114,12 +115,8 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with local_http_server(Handler) as url:
+        yield url
 
 
 def fetch(

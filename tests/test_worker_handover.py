@@ -26,10 +26,9 @@ from rq.webhook import Webhook
 from worker.handover import claim_next, claims_key, move_due_scheduled, requeue_if_orphan, return_claims
 from worker.jobs import JOB_FUNCTION, job_refusal
 from worker.liveness import LivenessBeat, alive_key, members_key, requeue_abandoned
-from worker.queue import delete_prefixed_keys
 from worker.settings import Settings
 
-from redis_deployment import REDIS_URL, requires_redis
+from worker_testing import REDIS_URL, deployment_settings, own_connection, requires_redis
 
 PREFIX = f"h{uuid.uuid4().hex[:10]}"
 
@@ -40,21 +39,13 @@ PAYLOAD = {"source": "/media/a.mp4", "kind": "file", "content_hash": "ab" * 32, 
 
 @pytest.fixture()
 def connection() -> Iterator[redis.Redis]:
-    conn = redis.Redis.from_url(REDIS_URL)
-    yield conn
-    delete_prefixed_keys(conn, PREFIX)
+    with own_connection(PREFIX) as connection:
+        yield connection
 
 
 @pytest.fixture()
 def settings() -> Settings:
-    return Settings(
-        redis_url=REDIS_URL,
-        key_prefix=PREFIX,
-        queue_high=f"{PREFIX}-high",
-        queue_default=f"{PREFIX}-default",
-        queue_low=f"{PREFIX}-low",
-        worker_liveness_ttl_s=3,
-    )
+    return deployment_settings(PREFIX, worker_liveness_ttl_s=3)
 
 
 def queues(settings: Settings, connection: redis.Redis) -> list[Queue]:

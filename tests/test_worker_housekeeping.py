@@ -20,10 +20,11 @@ from rq.results import Result
 
 from pipeline.verdict import Verdict
 from worker.jobs import JOB_FUNCTION
-from worker.queue import all_queues, delete_prefixed_keys, iter_jobs, list_jobs
+from worker.housekeeping import delete_prefixed_keys
+from worker.queue import all_queues, iter_jobs, list_jobs
 from worker.settings import Settings
 
-from redis_deployment import REDIS_URL, requires_redis
+from worker_testing import deployment_settings, own_connection, requires_redis
 
 PREFIX = f"k{uuid.uuid4().hex[:10]}"
 pytestmark = requires_redis
@@ -31,20 +32,13 @@ pytestmark = requires_redis
 
 @pytest.fixture()
 def connection() -> Iterator[redis.Redis]:
-    conn = redis.Redis.from_url(REDIS_URL)
-    yield conn
-    delete_prefixed_keys(conn, PREFIX)
+    with own_connection(PREFIX) as connection:
+        yield connection
 
 
 @pytest.fixture()
 def settings() -> Settings:
-    return Settings(
-        redis_url=REDIS_URL,
-        key_prefix=PREFIX,
-        queue_high=f"{PREFIX}-high",
-        queue_default=f"{PREFIX}-default",
-        queue_low=f"{PREFIX}-low",
-    )
+    return deployment_settings(PREFIX)
 
 
 def payload(n: int) -> dict[str, Any]:

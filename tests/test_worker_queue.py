@@ -17,13 +17,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import psutil
@@ -45,13 +44,13 @@ from ralf.config import RALFConfig
 from ralf.model import RALF
 from ralf.weights import save_weights
 from worker.handover import claims_key
+from worker.housekeeping import delete_prefixed_keys
 from worker.jobs import JOB_FUNCTION, ScanJob, ScanOverrides, job_id_for
 from worker.liveness import members_key
 from worker.queue import (
     all_queues,
     build_scan_job,
     connect,
-    delete_prefixed_keys,
     enqueue_scan,
     failure_reason,
     fetch_job,
@@ -60,11 +59,12 @@ from worker.queue import (
 )
 from worker.settings import Settings
 
-from redis_deployment import (
+from worker_testing import (
     REDIS_URL,
     deployment_env,
     deployment_environment,
     free_port,
+    local_http_server,
     redis_answers,
     requires_redis,
     wait_for,
@@ -247,13 +247,8 @@ def http_files(media: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     (served / "big.mp4").write_bytes(os.urandom(2_000_000))  # over the 1 MB cap
     shutil.copy(media / "face.mp4", served / "face.mp4")
     shutil.copy(media / "corrupt.mp4", served / "corrupt.mp4")
-    handler = functools.partial(MediaHandler, directory=str(served))
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with local_http_server(functools.partial(MediaHandler, directory=str(served))) as url:
+        yield url
 
 
 def finished(connection: redis.Redis, job_ids: list[str]) -> Callable[[], bool]:

@@ -17,7 +17,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,8 @@ from typer.testing import CliRunner
 from cli.main import app
 from pipeline import synthetic
 from pipeline.verdict import Verdict
-from worker.queue import connect, delete_prefixed_keys, enqueue_scan, fetch_job, job_verdict
+from worker.housekeeping import delete_prefixed_keys
+from worker.queue import connect, enqueue_scan, fetch_job, job_verdict
 from worker.settings import Settings, settings_env_names
 from worker.webhooks import (
     DELIVERY_HEADER,
@@ -41,11 +42,12 @@ from worker.webhooks import (
     verify_signature,
 )
 
-from redis_deployment import (
+from worker_testing import (
     REDIS_URL,
     deployment_env,
     deployment_environment,
     free_port,
+    local_http_server,
     requires_redis,
     wait_for,
 )
@@ -130,12 +132,8 @@ class Receiver(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with local_http_server(Receiver) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

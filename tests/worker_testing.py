@@ -1,6 +1,7 @@
-"""What the Redis-backed worker tests share: the database they use, the skip marker, waiting, free
-ports, and the RALF_* environment of a test deployment whose queue names and job ids carry its own
-prefix (so its teardown, `worker.queue.delete_prefixed_keys`, deletes only its own keys).
+"""What the worker tests share: the Redis database they use, the skip marker, waiting, free ports,
+local HTTP servers, and the settings and RALF_* environment of a test deployment whose queue names
+and job ids start with its own prefix (so `worker.queue.delete_prefixed_keys`, its teardown, deletes
+only its own keys).
 """
 
 from __future__ import annotations
@@ -8,13 +9,17 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 import redis
 
-from worker.settings import settings_env_names
+from worker.housekeeping import delete_prefixed_keys
+from worker.settings import Settings, settings_env_names
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 
@@ -45,6 +50,41 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def local_http_server(handler: Callable[..., BaseHTTPRequestHandler]) -> Iterator[str]:
+    """`handler` served on 127.0.0.1 from a daemon thread; yields the base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def own_connection(prefix: str) -> Iterator[redis.Redis]:
+    """A client of the test database; the keys named with `prefix` are deleted when it closes."""
+    connection = redis.Redis.from_url(REDIS_URL)
+    try:
+        yield connection
+    finally:
+        delete_prefixed_keys(connection, prefix)
+
+
+def deployment_settings(prefix: str, **fields: Any) -> Settings:
+    """Settings of a deployment under `prefix` on the test database; `fields` add to them."""
+    return Settings(
+        redis_url=REDIS_URL,
+        key_prefix=prefix,
+        queue_high=f"{prefix}-high",
+        queue_default=f"{prefix}-default",
+        queue_low=f"{prefix}-low",
+        **fields,
+    )
 
 
 def deployment_env(prefix: str, **values: str) -> dict[str, str]:
