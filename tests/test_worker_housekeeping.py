@@ -22,11 +22,11 @@ from pipeline.verdict import Verdict
 from worker.jobs import JOB_FUNCTION
 from worker.housekeeping import delete_prefixed_keys
 from worker.queue import all_queues, iter_jobs, list_jobs
-from worker.settings import Settings
 
 from worker_testing import deployment_settings, own_connection, requires_redis
 
 PREFIX = f"k{uuid.uuid4().hex[:10]}"
+SETTINGS = deployment_settings(PREFIX)
 pytestmark = requires_redis
 
 
@@ -34,11 +34,6 @@ pytestmark = requires_redis
 def connection() -> Iterator[redis.Redis]:
     with own_connection(PREFIX) as connection:
         yield connection
-
-
-@pytest.fixture()
-def settings() -> Settings:
-    return deployment_settings(PREFIX)
 
 
 def payload(n: int) -> dict[str, Any]:
@@ -94,8 +89,8 @@ def count_round_trips(connection: redis.Redis, monkeypatch: pytest.MonkeyPatch) 
     return sent
 
 
-def test_jobs_are_listed_page_by_page_once_each(settings: Settings, connection: redis.Redis) -> None:
-    high, default, low = all_queues(settings, connection)
+def test_jobs_are_listed_page_by_page_once_each(connection: redis.Redis) -> None:
+    high, default, low = all_queues(SETTINGS, connection)
     queued = [put(high, n) for n in range(3)] + [put(default, n) for n in range(3, 10)]
     done = [put(default, n) for n in range(10, 15)]
     for n, job in enumerate(done):
@@ -107,8 +102,8 @@ def test_jobs_are_listed_page_by_page_once_each(settings: Settings, connection: 
     twice = put(default, 19)  # in the queue and (moving) already in the finished registry: listed once
     FinishedJobRegistry(queue=default).add(twice, ttl=600)
 
-    paged = list(iter_jobs(connection, settings, page_size=3))
-    everything = list_jobs(connection, settings)
+    paged = list(iter_jobs(connection, SETTINGS, page_size=3))
+    everything = list_jobs(connection, SETTINGS)
     assert [s.model_dump() for s in paged] == [s.model_dump() for s in everything]
     ids = [s.job_id for s in paged]
     assert len(ids) == len(set(ids)) == 20
@@ -122,21 +117,19 @@ def test_jobs_are_listed_page_by_page_once_each(settings: Settings, connection: 
     assert by_id[scheduled.id].status == "scheduled" and by_id[queued[0].id].status == "queued"
     assert by_id[queued[0].id].source == f"sha256:{0:064x}" and by_id[queued[0].id].queue == f"{PREFIX}-high"
 
-    only_failed = list(iter_jobs(connection, settings, failed=True, page_size=2))
+    only_failed = list(iter_jobs(connection, SETTINGS, failed=True, page_size=2))
     assert [s.job_id for s in only_failed] == [job.id for job in failed]
-    listed = list_jobs(connection, settings, failed=True)
+    listed = list_jobs(connection, SETTINGS, failed=True)
     assert [s.model_dump() for s in only_failed] == [s.model_dump() for s in listed]
 
 
-def test_listing_costs_round_trips_per_page_not_per_job(
-    settings: Settings, connection: redis.Redis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    default = all_queues(settings, connection)[1]
+def test_listing_costs_round_trips_per_page_not_per_job(connection: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    default = all_queues(SETTINGS, connection)[1]
     for n in range(120):
         finish(default, put(default, n), "real")
 
     sent = count_round_trips(connection, monkeypatch)
-    states = list(iter_jobs(connection, settings, page_size=50))
+    states = list(iter_jobs(connection, SETTINGS, page_size=50))
     assert len(states) == 120 and {s.verdict_label for s in states} == {"real"}
     # Three pages of 50 ids, each read and then two pipelines (hashes, latest results), plus a fixed
     # cost per queue and registry; one read per job, as listing once cost, would be 120 and more.
