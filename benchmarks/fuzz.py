@@ -75,8 +75,8 @@ def error_group(reason: str) -> str:
 def child(decoder: str) -> None:
     import torch
 
-    from pipeline.options import ScanOptions
     from pipeline.scan import Scanner
+    from ralf.core.options import ScanOptions
 
     torch.set_num_threads(1)
     scanner = Scanner(ScanOptions(device="cpu", decoder=decoder, max_frames=8), None, preset_if_random="tiny")

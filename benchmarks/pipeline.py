@@ -51,10 +51,10 @@ import torch  # noqa: E402
 from pipeline.crops import crop_faces  # noqa: E402
 from pipeline.decode import open_video  # noqa: E402
 from pipeline.engine import EagerEngine  # noqa: E402
-from pipeline.options import ScanOptions  # noqa: E402
 from pipeline.scan import Scanner  # noqa: E402
 from pipeline.synthetic import write_face_clip  # noqa: E402
 from pipeline.verdict import Verdict  # noqa: E402
+from ralf.core.options import ScanOptions  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:
@@ -181,7 +181,8 @@ CAMERA_LIKE_X264 = {"preset": "veryfast", "crf": "20", "x264-params": "keyint=60
 
 
 def decode_benchmark(args: argparse.Namespace) -> None:
-    from pipeline.decode import Sampling, probe_video
+    from pipeline.decode import probe_video
+    from ralf.core.options import Sampling
 
     if args.max_frames:
         sampling = Sampling(max_frames=args.max_frames)

@@ -38,11 +38,11 @@ from tqdm import tqdm  # noqa: E402
 from pipeline import synthetic  # noqa: E402
 from pipeline.scan import Scanner  # noqa: E402
 from ralf.config import RALFConfig  # noqa: E402
+from ralf.core.settings import Settings  # noqa: E402
 from ralf.model import RALF  # noqa: E402
 from ralf.weights import save_weights  # noqa: E402
 from worker.housekeeping import delete_prefixed_keys  # noqa: E402
 from worker.queue import all_queues, connect, enqueue_scan  # noqa: E402
-from worker.settings import Settings  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -1,6 +1,6 @@
 """RALF networks and losses (pure torch); see ARCHITECTURE.md for the contracts.
 
-The exports load on first use, so that torch-free parts (`ralf.config`, `ralf.shipped`) can be
+The exports load on first use, so that torch-free parts (`ralf.core`, `ralf.config`, `ralf.shipped`) can be
 imported by light commands (enqueue, status) without importing torch.
 """
 
@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "LABEL_CONVENTION": "ralf.model",
+    "LABEL_CONVENTION": "ralf.core.metadata",
     "RALF": "ralf.model",
     "RALFOutput": "ralf.model",
     "ClassifierConfig": "ralf.config",

@@ -37,8 +37,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ralf.core.files import file_sha256
 from ralf.keras_files import KERAS_BATCH_NORM_EPS, KerasLayer, KerasWeightsError, KerasXception, read_keras_xception
-from ralf.pretrained import _find_xception, file_sha256, listed
+from ralf.pretrained import _find_xception, listed
 from ralf.xception import MaxPool2dSame, SeparableConv2d, Xception
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")

@@ -16,8 +16,6 @@ from ralf.config import RALFConfig
 from ralf.destructor import FrequencyDestructor
 from ralf.reconstructor import MIMOUNet
 
-LABEL_CONVENTION = "sigmoid(logit) = P(fake)"
-
 
 class RALFOutput(NamedTuple):
     destroyed: Tensor  # x^ = D(x), (B, 3, S, S)

@@ -6,7 +6,6 @@ Pickle-based checkpoints are read only with torch.load(weights_only=True).
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from ralf.core.files import file_sha256
 from ralf.xception import Xception
 
 # Keys of the ImageNet 1000-class head; RALF replaces it with a 1-logit head, so they are skipped.
@@ -25,15 +25,6 @@ _STATE_DICT_WRAPPERS = ("state_dict", "model", "model_state_dict")
 
 class PretrainedError(ValueError):
     """A pretrained weights file is missing, unreadable, or does not fit the network."""
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in chunks (checkpoints and engine artifacts can be gigabytes)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(16 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

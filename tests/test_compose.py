@@ -16,7 +16,7 @@ from rq.serializers import JSONSerializer, resolve_serializer
 from rq.utils import import_worker_class
 
 from cli.main import app
-from worker.settings import Settings, settings_env_names
+from ralf.core.settings import Settings, settings_env_names
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())

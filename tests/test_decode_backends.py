@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from pipeline import synthetic
-from pipeline.decode import DaliDecodeError, FrameBatch, Sampling, VideoDecodeError, open_video, probe_video
+from pipeline.decode import DaliDecodeError, FrameBatch, VideoDecodeError, open_video, probe_video
 from pipeline.decode.choice import BackendPlan
 from pipeline.decode.dali import DaliFrameSource
 from pipeline.decode.rotation import to_upright
+from ralf.core.options import Sampling
 
 # The clips' source pixels, as rendered before encoding (24 frames, 320x240).
 REFERENCE = np.stack(synthetic.render_frames(24, (320, 240)))

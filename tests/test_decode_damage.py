@@ -10,8 +10,8 @@ import pytest
 
 from pipeline import synthetic
 from pipeline.decode import VideoDecodeError, open_video, probe_video
-from pipeline.options import ScanOptions
 from pipeline.scan import Scanner
+from ralf.core.options import ScanOptions
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipeline.decode import Sampling, open_video
+from pipeline.decode import open_video
+from ralf.core.options import Sampling
 
 FRAME_BYTES = 320 * 240 * 3
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from pipeline import synthetic
-from pipeline.decode import Sampling, VideoDecodeError, open_video
+from pipeline.decode import VideoDecodeError, open_video
 from pipeline.decode.prefetch import Prefetcher, prefetch
-from pipeline.options import ScanOptions
 from pipeline.scan import Scanner
+from ralf.core.options import Sampling, ScanOptions
 
 
 def test_items_in_order_and_at_most_depth_ahead() -> None:

@@ -7,7 +7,8 @@ import logging
 import pytest
 from pydantic import ValidationError
 
-from pipeline.decode import Sampling, select_frames
+from pipeline.decode import select_frames
+from ralf.core.options import Sampling
 
 CFR_24_AT_12 = [i / 12 for i in range(24)]  # 2.0 s at 12 fps
 

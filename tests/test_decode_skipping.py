@@ -11,9 +11,10 @@ import torch
 
 import pipeline.decode.pyav as pyav_source
 from pipeline import synthetic
-from pipeline.decode import Sampling, open_video
+from pipeline.decode import open_video
 from pipeline.decode.sampling import FrameSelector
 from pipeline.decode.skipping import DecodePlan, plan_decode
+from ralf.core.options import Sampling
 
 # B-frames (non-reference in x264's pyramid leaves) and a keyframe every 10 frames.
 BFRAMES_SHORT_GOP = {"preset": "veryfast", "x264-params": "keyint=10:min-keyint=10:bframes=3:b-pyramid=normal:scenecut=0"}

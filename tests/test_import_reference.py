@@ -21,8 +21,8 @@ from torch import Tensor
 from typer.testing import CliRunner
 
 from ralf.config import RALFConfig
-from ralf.model import LABEL_CONVENTION
-from ralf.weights import load_weights, read_metadata
+from ralf.core.metadata import LABEL_CONVENTION, read_metadata
+from ralf.weights import load_weights
 from trainer.import_reference import (
     ReferenceImportError,
     import_reference,

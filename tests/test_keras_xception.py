@@ -14,6 +14,7 @@ from torch import nn
 
 from ralf.classifier import Classifier
 from ralf.config import ClassifierConfig, RALFConfig
+from ralf.core.files import file_sha256
 from ralf.keras_xception import (
     KERAS_CLASSIFIER_SETTINGS,
     KerasWeightsError,
@@ -21,7 +22,7 @@ from ralf.keras_xception import (
     read_keras_xception,
 )
 from ralf.model import RALF
-from ralf.pretrained import PretrainedError, file_sha256, load_xception_imagenet
+from ralf.pretrained import PretrainedError, load_xception_imagenet
 from ralf.weights import load_weights, save_weights
 from ralf.xception import MaxPool2dSame, Xception
 

@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from ralf.classifier import Classifier
 from ralf.config import RALFConfig
-from ralf.pretrained import PretrainedError, file_sha256, load_xception_imagenet
+from ralf.core.files import file_sha256
+from ralf.pretrained import PretrainedError, load_xception_imagenet
 from ralf.xception import Xception
 
 

@@ -13,16 +13,16 @@ import torch
 from safetensors.torch import save_file
 
 from ralf.config import RALFConfig
-from ralf.model import LABEL_CONVENTION, RALF
-from ralf.weights import (
+from ralf.core.metadata import (
+    LABEL_CONVENTION,
     Calibration,
     WeightsError,
     WeightsMetadata,
-    load_weights,
     read_metadata,
-    save_weights,
     write_metadata,
 )
+from ralf.model import RALF
+from ralf.weights import load_weights, save_weights
 
 
 @pytest.fixture(scope="module")

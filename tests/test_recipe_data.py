@@ -14,8 +14,8 @@ from PIL import Image
 from pipeline import synthetic
 from pipeline.crops import crop_faces, landmarks_in_crops, stretched_regions
 from pipeline.faces import build_detector
-from pipeline.options import ScanOptions
 from pipeline.scan import Scanner
+from ralf.core.options import ScanOptions
 from trainer import data
 from trainer.layouts import held_out, person_group, read_layout
 from trainer.prepare import OPTIONS_FILE, PrepareOptions, padded_still, prepare

@@ -10,12 +10,14 @@ import torch
 import torchvision
 
 from ralf.config import RALFConfig
+from ralf.core.files import file_sha256
+from ralf.core.metadata import CropGeometry, WeightsMetadata, read_metadata
 from ralf.losses.mobilenet_features import MobileNetV2Features
 from ralf.mobilenet import MobileNetV2
 from ralf.model import RALF
-from ralf.pretrained import PretrainedError, file_sha256
+from ralf.pretrained import PretrainedError
 from ralf.pretrained_torchvision import load_backbone_imagenet
-from ralf.weights import CropGeometry, WeightsMetadata, load_weights, read_metadata, save_weights
+from ralf.weights import load_weights, save_weights
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +106,8 @@ def test_half_precision_storage_loads_as_float32_and_is_digest_checked(tmp_path:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from ralf.weights import WeightsError, tensors_digest
+    from ralf.core.metadata import WeightsError
+    from ralf.weights import tensors_digest
 
     torch.manual_seed(0)
     model = RALF(RALFConfig.tiny()).eval()

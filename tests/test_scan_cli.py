@@ -14,12 +14,13 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from cli.scan import short_time, verdict_table
-from pipeline.options import ScanOptions
 from pipeline.scan import RANDOM_WEIGHTS_WARNING, Scanner
 from pipeline.verdict import Counts, StageTimings, TrackVerdict, Verdict, verdict_json_schema
 from ralf.config import RALFConfig
+from ralf.core.metadata import Calibration, WeightsMetadata
+from ralf.core.options import ScanOptions
 from ralf.model import RALF
-from ralf.weights import Calibration, WeightsMetadata, save_weights
+from ralf.weights import save_weights
 
 runner = CliRunner()
 # Sample few frames: these tests are about outcomes and exit codes, not about accuracy.

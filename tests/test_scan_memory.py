@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 
 from pipeline import synthetic
-from pipeline.options import ScanOptions
+from ralf.core.options import ScanOptions
 
 SIZE = (1920, 1080)
 SHORT_FRAMES, LONG_FRAMES = 2, 20
 
 _CHILD = """
 import json, resource, sys
-from pipeline.options import ScanOptions
+from ralf.core.options import ScanOptions
 from pipeline.scan import Scanner
 scanner = Scanner(ScanOptions.model_validate_json(sys.argv[2]), preset_if_random="tiny")
 verdict = scanner.scan(sys.argv[1])

@@ -12,11 +12,12 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from cli.scan import write_demo_clips
-from pipeline.options import ScanOptions
 from pipeline.scan import Scanner
+from ralf.core.metadata import read_metadata
+from ralf.core.options import ScanOptions
+from ralf.core.settings import Settings
 from ralf.shipped import SHIPPED_WEIGHTS, resolve_weights, shipped_weights
-from ralf.weights import load_weights, read_metadata, tensors_digest
-from worker.settings import Settings
+from ralf.weights import load_weights, tensors_digest
 
 runner = CliRunner()
 

@@ -44,7 +44,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_train_writes_weights_log_and_checkpoints(trained: tuple[Path, Path]) -> None:
     _, run = trained
     assert (run / "best.safetensors").is_file() and (run / "last.safetensors").is_file()
-    from ralf.weights import read_metadata
+    from ralf.core.metadata import read_metadata
 
     metadata = read_metadata(run / "last.safetensors")
     assert metadata.pretrained == {"classifier": "random-init", "vgg19": "unused"}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.addresses import AddressPolicy
+from ralf.core.addresses import AddressPolicy
 from worker.download import DownloadFailed, DownloadRefused, download
 
 from worker_testing import local_http_server

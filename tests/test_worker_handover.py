@@ -22,13 +22,12 @@ from rq.job import Job, JobStatus
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.webhook import Webhook
+from worker_testing import REDIS_URL, deployment_settings, own_connection, requires_redis
 
+from ralf.core.settings import Settings
 from worker.handover import claim_next, claims_key, move_due_scheduled, requeue_if_orphan, return_claims
 from worker.jobs import JOB_FUNCTION, job_refusal
 from worker.liveness import LivenessBeat, alive_key, members_key, requeue_abandoned
-from worker.settings import Settings
-
-from worker_testing import REDIS_URL, deployment_settings, own_connection, requires_redis
 
 PREFIX = f"h{uuid.uuid4().hex[:10]}"
 

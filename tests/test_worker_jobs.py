@@ -14,13 +14,13 @@ from pipeline import synthetic
 from pipeline.engine import InferenceOutOfMemory
 from pipeline.scan import Scanner
 from ralf.config import RALFConfig
+from ralf.core.files import file_sha256
+from ralf.core.settings import Settings
 from ralf.model import RALF
 from ralf.weights import save_weights
 from worker import jobs
 from worker.jobs import ScanJob, ScanOverrides, TransientScanError, job_id_for, scan_job
 from worker.queue import model_version
-from worker.settings import Settings
-from worker.sources import sha256_file
 
 
 def payload(**changes: Any) -> ScanJob:
@@ -73,7 +73,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path, Pat
 
 
 def file_job(settings: Settings, path: Path) -> ScanJob:
-    return payload(source=str(path), content_hash=sha256_file(path), model_version=model_version(settings))
+    return payload(source=str(path), content_hash=file_sha256(path), model_version=model_version(settings))
 
 
 def test_scan_job_equals_scan(setup: tuple[Settings, Path, Path]) -> None:
@@ -83,7 +83,7 @@ def test_scan_job_equals_scan(setup: tuple[Settings, Path, Path]) -> None:
     assert verdict.label == direct.label and verdict.score == pytest.approx(direct.score)
     assert verdict.warnings == direct.warnings  # model versions agree
     # the job is shared by everyone who enqueues this content: the verdict names the content, not a path
-    assert verdict.path == f"sha256:{sha256_file(clip)}" and str(clip.parent) not in verdict.model_dump_json()
+    assert verdict.path == f"sha256:{file_sha256(clip)}" and str(clip.parent) not in verdict.model_dump_json()
 
 
 def test_random_weights_version_agrees_between_enqueue_and_worker(setup: tuple[Settings, Path, Path]) -> None:

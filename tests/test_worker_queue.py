@@ -31,16 +31,27 @@ import redis
 import torch
 from rq import Callback, Queue, Retry
 from rq.job import Job, JobStatus
-from rq.webhook import Webhook
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from rq.serializers import JSONSerializer
+from rq.webhook import Webhook
 from rq.worker import Worker
 from typer.testing import CliRunner
+from worker_testing import (
+    REDIS_URL,
+    deployment_env,
+    deployment_environment,
+    free_port,
+    local_http_server,
+    redis_answers,
+    requires_redis,
+    wait_for,
+)
 
 from cli.main import app
 from pipeline import synthetic
 from pipeline.scan import Scanner
 from ralf.config import RALFConfig
+from ralf.core.settings import Settings
 from ralf.model import RALF
 from ralf.weights import save_weights
 from worker.handover import claims_key
@@ -56,18 +67,6 @@ from worker.queue import (
     fetch_job,
     job_verdict,
     model_version,
-)
-from worker.settings import Settings
-
-from worker_testing import (
-    REDIS_URL,
-    deployment_env,
-    deployment_environment,
-    free_port,
-    local_http_server,
-    redis_answers,
-    requires_redis,
-    wait_for,
 )
 
 BIN = Path(sys.executable).parent
@@ -606,9 +605,9 @@ def test_shared_results_name_content_not_another_submitters_path(
 
 
 def payload_hash(path: Path) -> str:
-    from worker.sources import sha256_file
+    from ralf.core.files import file_sha256
 
-    return sha256_file(path)
+    return file_sha256(path)
 
 
 def test_killed_worker_job_is_rerun_by_the_other(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from worker.settings import Settings, settings_env_names
+from ralf.core.settings import Settings, settings_env_names
 
 
 @pytest.fixture(autouse=True)
@@ -61,17 +61,17 @@ def test_scan_options_follow_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RALF_EVERY_N", "5")
     options = Settings().scan_options()
     assert options.device == "cpu" and options.batch_size == 8
-    assert options.every_n == 5 and options.target_fps is None  # choosing every_n replaces the fps default
+    assert options.sampling.every_n == 5 and options.sampling.target_fps is None  # choosing every_n replaces the fps default
 
 
 def test_job_sampling_replaces_worker_sampling(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RALF_EVERY_N", "5")
     options = Settings().scan_options(max_frames=3)
-    assert (options.every_n, options.target_fps, options.max_frames) == (None, None, 3)
+    assert (options.sampling.every_n, options.sampling.target_fps, options.sampling.max_frames) == (None, None, 3)
 
 
 def test_default_sampling_is_scan_options_default() -> None:
-    assert Settings().scan_options().target_fps == 2.0
+    assert Settings().scan_options().sampling.target_fps == 2.0
 
 
 def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.sources import SourceRefused, check_source, sha256_file
+from ralf.core.files import file_sha256
+from worker.sources import SourceRefused, check_source
 
 
 @pytest.fixture()
@@ -103,7 +104,7 @@ def test_no_media_roots_configured(layout: tuple[Path, Path]) -> None:
 def test_sha256_streams_whole_file(tmp_path: Path) -> None:
     data = bytes(range(256)) * 9000  # > 1 MiB chunk
     (tmp_path / "f").write_bytes(data)
-    assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+    assert file_sha256(tmp_path / "f") == hashlib.sha256(data).hexdigest()
 
 
 # Probing a file's duration is all enqueueing needs from the pipeline; it must not load torch.
@@ -171,14 +172,14 @@ def fake_dns(table: dict[str, list[str]]):  # type: ignore[no-untyped-def]
     ],
 )
 def test_internal_addresses_are_refused(layout: tuple[Path, Path], url: str, message: str) -> None:
-    from worker.addresses import AddressPolicy
+    from ralf.core.addresses import AddressPolicy
 
     with pytest.raises(SourceRefused, match=message.replace("(", r"\(").replace(")", r"\)")):
         check_source(url, [layout[0]], AddressPolicy(), no_dns)
 
 
 def test_names_are_checked_on_what_they_resolve_to(layout: tuple[Path, Path]) -> None:
-    from worker.addresses import AddressPolicy
+    from ralf.core.addresses import AddressPolicy
 
     resolver = fake_dns({"sneaky.example": ["127.0.0.1"], "cdn.example": ["93.184.216.34", "2606:2800:220:1::1"]})
     with pytest.raises(SourceRefused, match="resolves to 127.0.0.1"):
@@ -189,7 +190,7 @@ def test_names_are_checked_on_what_they_resolve_to(layout: tuple[Path, Path]) ->
 
 
 def test_allow_list_opens_chosen_hosts_and_networks(layout: tuple[Path, Path]) -> None:
-    from worker.addresses import AddressPolicy
+    from ralf.core.addresses import AddressPolicy
 
     policy = AddressPolicy.from_entries(["127.0.0.1", "10.20.0.0/16", "media.corp.internal"])
     resolver = fake_dns({"media.corp.internal": ["10.99.0.5"]})
@@ -210,7 +211,7 @@ def test_credentials_are_refused_without_repeating_them(layout: tuple[Path, Path
 
 
 def test_settings_allow_list(monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker.settings import Settings
+    from ralf.core.settings import Settings
 
     monkeypatch.setenv("RALF_URL_ALLOW", "127.0.0.1, 10.0.0.0/8,media.internal")
     policy = Settings().url_policy()
@@ -222,8 +223,8 @@ def test_settings_allow_list(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_enqueue_checks_the_size_before_hashing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 5 GiB upload over the 4 GiB limit is refused at once, not after reading it all to hash it."""
+    from ralf.core.settings import Settings
     from worker import queue
-    from worker.settings import Settings
 
     huge = tmp_path / "huge.mp4"
     with huge.open("wb") as handle:  # sparse: takes no disk space
@@ -232,7 +233,7 @@ def test_enqueue_checks_the_size_before_hashing(tmp_path: Path, monkeypatch: pyt
     def no_hashing(path: object) -> str:
         raise AssertionError("the file was hashed before its size was checked")
 
-    monkeypatch.setattr(queue, "sha256_file", no_hashing)
+    monkeypatch.setattr(queue, "file_sha256", no_hashing)
     settings = Settings(media_roots=[tmp_path])
     with pytest.raises(SourceRefused, match=r"file too large: .*huge.mp4 has 5368709120 bytes, the limit is 4294967296"):
         queue.build_scan_job(str(huge), settings, version="v")

@@ -23,13 +23,22 @@ from pathlib import Path
 import pytest
 import redis
 from typer.testing import CliRunner
+from worker_testing import (
+    REDIS_URL,
+    deployment_env,
+    deployment_environment,
+    free_port,
+    local_http_server,
+    requires_redis,
+    wait_for,
+)
 
 from cli.main import app
 from pipeline import synthetic
 from pipeline.verdict import Verdict
+from ralf.core.settings import Settings, settings_env_names
 from worker.housekeeping import delete_prefixed_keys
 from worker.queue import connect, enqueue_scan, fetch_job, job_verdict
-from worker.settings import Settings, settings_env_names
 from worker.webhooks import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
@@ -40,16 +49,6 @@ from worker.webhooks import (
     job_deliveries,
     sign,
     verify_signature,
-)
-
-from worker_testing import (
-    REDIS_URL,
-    deployment_env,
-    deployment_environment,
-    free_port,
-    local_http_server,
-    requires_redis,
-    wait_for,
 )
 
 BIN = Path(sys.executable).parent

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import redis
 
+from ralf.core.settings import Settings, settings_env_names
 from worker.housekeeping import delete_prefixed_keys
-from worker.settings import Settings, settings_env_names
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 

@@ -16,9 +16,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from ralf.config import RALFConfig
-from ralf.model import LABEL_CONVENTION, RALF
-from ralf.pretrained import file_sha256
-from ralf.weights import CropGeometry, WeightsMetadata, save_weights
+from ralf.core.files import file_sha256
+from ralf.core.metadata import LABEL_CONVENTION, CropGeometry, WeightsMetadata
+from ralf.model import RALF
+from ralf.weights import save_weights
 from trainer.reference_checkpoint import (
     ReferenceCheckpoint,
     ReferenceImportError,

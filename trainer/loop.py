@@ -25,8 +25,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ralf.core.metadata import WeightsMetadata
 from ralf.losses.objective import alpha_at
-from ralf.weights import WeightsMetadata, save_weights
+from ralf.weights import save_weights
 from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig
 from trainer.data import Batch, collate_crops, unwrap_batch

@@ -28,8 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from pipeline.crops import crop_faces, landmarks_in_crops
-from pipeline.decode import Sampling, VideoDecodeError, open_video
+from pipeline.decode import VideoDecodeError, open_video
 from pipeline.faces import Detections, FaceDetector, build_detector
+from ralf.core.options import MIN_FACE_SCORE, MIN_FACE_SIZE, Sampling
 from trainer.data import INDEX_FILE, CropRow, ImageReadError, read_rgb, write_index_rows
 from trainer.layouts import IMAGE_SUFFIXES, VideoEntry, read_layout
 
@@ -49,8 +50,8 @@ class PrepareOptions(BaseModel):
         0.25, ge=0, le=2, description="Reflect padding around a still image, fraction of its side per edge"
     )
     size: int = Field(256, ge=8, description="Side of the saved square crops")
-    min_face_size: int = Field(40, ge=12, description="Smallest face side (pixels) MTCNN looks for (as scan)")
-    min_score: float = Field(0.9, ge=0, le=1, description="Faces scoring lower are ignored")
+    min_face_size: int = Field(MIN_FACE_SIZE, ge=12, description="Smallest face side (pixels) MTCNN looks for (as scan)")
+    min_score: float = Field(MIN_FACE_SCORE, ge=0, le=1, description="Faces scoring lower are ignored (as scan)")
     device: str = "cpu"
     decoder: Literal["auto", "dali", "pyav"] = "auto"
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ralf.weights import CropGeometry
+from ralf.core.metadata import CropGeometry
 from trainer.config import TrainConfig
 from trainer.data import (
     BalancedBatchPlan,

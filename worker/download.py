@@ -8,7 +8,7 @@ refuses) and becomes an `error` verdict; `DownloadFailed` is transient (deadline
 
 Where the checks sit:
 - address: every connection (the first and each redirect's) resolves its host once through the
-  `resolver`, refuses the whole host if any address is not allowed (worker/addresses.py), and
+  `resolver`, refuses the whole host if any address is not allowed (ralf/core/addresses.py), and
   connects to those checked addresses only, so DNS cannot answer differently between check and
   connect. Proxies from the environment are ignored (they would make the proxy the checked peer).
 - redirects: http(s) only, no credentials, at most `MAX_REDIRECTS`; their hosts go through the
@@ -35,7 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
-from worker.addresses import AddressPolicy, AddressRefused, Resolver, system_resolver
+from ralf.core.addresses import AddressPolicy, AddressRefused, Resolver, system_resolver
 from worker.sources import URL_SCHEMES, redact_url
 
 _CHUNK = 256 * 1024

@@ -32,7 +32,7 @@ from rq.queue import Queue
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.utils import now, utcformat
 
-from worker.settings import Settings
+from ralf.core.settings import Settings
 
 JOB_KEY_PREFIX = Job.redis_job_namespace_prefix  # 'rq:job:'
 

@@ -29,12 +29,13 @@ from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.job import Job
 
-from pipeline.options import AggregationName, ScanOptions
 from pipeline.verdict import Verdict
+from ralf.core.files import file_sha256
+from ralf.core.options import AggregationName, ScanOptions
+from ralf.core.settings import Priority, Settings
 from ralf.shipped import ShippedWeightsMissing
 from worker.download import DownloadFailed, DownloadRefused, download
-from worker.settings import Priority, Settings
-from worker.sources import SourceKind, SourceRefused, check_local_path, check_url, redact_url, sha256_file
+from worker.sources import SourceKind, SourceRefused, check_local_path, check_url, redact_url
 
 if TYPE_CHECKING:
     from pipeline.scan import Scanner
@@ -337,7 +338,7 @@ def scan_job(job: ScanJob, settings: Settings, rq_job: Job | None = None) -> Ver
     warnings: list[str] = []
     try:
         with local_copy(job, settings, progress) as path:
-            if job.kind == "file" and job.content_hash and sha256_file(path) != job.content_hash:
+            if job.kind == "file" and job.content_hash and file_sha256(path) != job.content_hash:
                 warnings.append("the file changed after it was enqueued; the verdict is for its current content")
             progress.update("scanning", force=True)
             folder = evidence_folder(settings, job, rq_job)

@@ -31,8 +31,8 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
+from ralf.core.settings import Settings
 from worker.handover import move_due_scheduled, return_claims
-from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from pipeline.verdict import Verdict
-from worker.settings import PRIORITIES, Settings
+from ralf.core.settings import PRIORITIES, Settings
 
 log = logging.getLogger(__name__)
 

@@ -30,13 +30,15 @@ from rq.registry import (
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
-from pipeline.options import random_model_version
 from pipeline.verdict import Verdict
+from ralf.core.addresses import Resolver, system_resolver
+from ralf.core.files import file_sha256
+from ralf.core.metadata import WeightsError, read_metadata
+from ralf.core.options import random_model_version
+from ralf.core.settings import PRIORITIES, Priority, Settings
 from worker.handover import requeue_if_orphan
 from worker.jobs import JOB_FUNCTION, ScanJob, ScanOverrides, job_id_for, shared_reference
-from worker.settings import PRIORITIES, Priority, Settings
-from worker.addresses import Resolver, system_resolver
-from worker.sources import SourceRefused, check_source, sha256_file
+from worker.sources import SourceRefused, check_source
 from worker.webhooks import CallbackRefused, check_callback_url, register_callback
 
 log = logging.getLogger(__name__)
@@ -73,8 +75,6 @@ def model_version(settings: Settings) -> str:
         raise EnqueueRefused(str(exc)) from None
     if weights is None:
         return random_model_version(settings.random_preset)
-    from ralf.weights import WeightsError, read_metadata
-
     try:
         return read_metadata(weights).model_version
     except WeightsError as exc:
@@ -138,7 +138,7 @@ def build_scan_job(
         size, limit = Path(source.location).stat().st_size, settings.max_file_bytes
         if size > limit:  # before hashing: reading a huge file only to refuse it would take minutes
             raise SourceRefused(f"file too large: {source.location} has {size} bytes, the limit is {limit}")
-    content_hash = sha256_file(source.location) if source.kind == "file" else None
+    content_hash = file_sha256(source.location) if source.kind == "file" else None
     duration = probe_duration(source.location) if source.kind == "file" else None
     payload = ScanJob(
         source=source.location,

@@ -3,24 +3,22 @@
 The same check runs twice: at enqueue (clear refusal for the user) and in the worker (the payload
 came through Redis, so the worker trusts only its own media roots and its own address policy).
 URLs: http(s) only, no credentials (`user:pass@` would be stored in Redis, job descriptions and
-verdicts), and a host that is public or allow-listed (worker/addresses.py); at download time the
+verdicts), and a host that is public or allow-listed (ralf/core/addresses.py); at download time the
 address actually connected to is checked again (worker/download.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from worker.addresses import AddressPolicy, AddressRefused, Resolver
+from ralf.core.addresses import AddressPolicy, AddressRefused, Resolver
 
 SourceKind = Literal["file", "url"]
 URL_SCHEMES = ("http", "https")
-_HASH_CHUNK = 1024 * 1024
 _URL_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -124,12 +122,3 @@ def check_source(
     if has_url_scheme(text):
         return check_url(text, policy, resolver)
     return check_local_path(text, media_roots)
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (videos can be gigabytes)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

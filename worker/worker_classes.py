@@ -23,9 +23,9 @@ from rq import SimpleWorker, Worker
 from rq.job import Job
 from rq.queue import Queue
 
+from ralf.core.settings import WorkerMode
 from worker.jobs import note_crashed_attempt
 from worker.liveness import LivenessBeat
-from worker.settings import WorkerMode
 from worker.workers import ScanWorker
 
 

@@ -47,13 +47,13 @@ from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.worker import BaseWorker, WorkerStatus
 
-from worker.handover import claim_next, claims_key, release_claim, return_claims
 from pipeline.verdict import Verdict
+from ralf.core.settings import Settings, WorkerMode
+from worker.handover import claim_next, claims_key, release_claim, return_claims
 from worker.jobs import job_refusal, preload_scanner, worker_settings
 from worker.liveness import LivenessBeat
 from worker.metrics import WorkerMetrics
 from worker.webhooks import WebhookSender, schedule_callbacks
-from worker.settings import Settings, WorkerMode
 
 log = logging.getLogger(__name__)
 

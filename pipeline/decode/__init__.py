@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from pipeline.decode.dali import DaliDecodeError
     from pipeline.decode.probe import probe_video
     from pipeline.decode.rotation import to_upright
-    from pipeline.decode.sampling import FrameSelector, Sampling, select_frames
+    from pipeline.decode.sampling import FrameSelector, select_frames
     from pipeline.decode.stream import VideoStream, open_video
     from pipeline.decode.types import BackendName, BackendRequest, FrameBatch, VideoDecodeError, VideoInfo
 
@@ -28,7 +28,6 @@ _SOURCES = {
     "DaliDecodeError": "dali",
     "FrameBatch": "types",
     "FrameSelector": "sampling",
-    "Sampling": "sampling",
     "VideoDecodeError": "types",
     "VideoInfo": "types",
     "VideoStream": "stream",

@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 
 from pipeline.decode.chunks import ChunkAssembler
-from pipeline.decode.sampling import FrameSelector, Sampling
+from pipeline.decode.sampling import FrameSelector
 from pipeline.decode.types import DecodeStats, VideoInfo
+from ralf.core.options import Sampling
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ from pipeline.decode.choice import choose_backend
 from pipeline.decode.dali import DaliDecodeError, DaliFrameSource, dali_installed
 from pipeline.decode.probe import check_file, probe_video
 from pipeline.decode.pyav import PyAVFrameSource
-from pipeline.decode.sampling import Sampling
 from pipeline.decode.source import SourceSpec
 from pipeline.decode.types import REDUCE_ABOVE_PIXELS, BackendName, BackendRequest, DecodeStats, FrameBatch, VideoInfo
+from ralf.core.device import resolve_device
+from ralf.core.options import Sampling
 
 logger = logging.getLogger(__name__)
 
@@ -156,9 +157,7 @@ def open_video(
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    target = torch.device(device)
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!s} requested but CUDA is not available")
+    target = torch.device(resolve_device(device))
     return VideoStream(
         check_file(path),
         backend=backend,

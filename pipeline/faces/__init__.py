@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 
 from pipeline.faces.types import Detections, FaceDetector, FaceDetectorError
+from ralf.core.options import MIN_FACE_SCORE, MIN_FACE_SIZE
 
 __all__ = ["Detections", "FaceDetector", "FaceDetectorError", "build_detector"]
 
@@ -16,12 +17,12 @@ def build_detector(
     name: Literal["mtcnn", "retinaface", "yolo"],
     device: torch.device | str = "cpu",
     yolo_weights: Path | None = None,
-    min_face_size: int = 20,
+    min_face_size: int = MIN_FACE_SIZE,
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.8),
-    yolo_conf: float = 0.5,
+    yolo_conf: float = MIN_FACE_SCORE,
     max_side: int | None = None,
 ) -> FaceDetector:
-    """The detector called `name` on `device`.
+    """The detector called `name` on `device`; the defaults are `ScanOptions`' (one place for both).
 
     `min_face_size` (frame pixels) applies to MTCNN and RetinaFace, the three stage `thresholds`
     (P-, R-, O-Net) to MTCNN; `max_side` (None or 0: full resolution) makes MTCNN and RetinaFace

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 
 from redis import Redis
 
-from worker.addresses import Resolver, system_resolver
-from worker.settings import Settings
+from ralf.core.addresses import Resolver, system_resolver
+from ralf.core.settings import Settings
 from worker.sources import SourceRefused, check_url
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 
-from worker.addresses import AddressRefused, Resolver, system_resolver
+from ralf.core.addresses import AddressRefused, Resolver, system_resolver
+from ralf.core.settings import Settings
 from worker.download import _Guard, _GuardedHTTPHandler, _GuardedHTTPSHandler
-from worker.settings import Settings
 from worker.sources import SourceRefused, check_url, redact_url
 from worker.webhooks.callbacks import EVENTS, as_text, delivery_key, due_key, shown_url
 from worker.webhooks.signing import DELIVERY_HEADER, EVENT_HEADER, JOB_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign

@@ -12,7 +12,8 @@ addresses embedded in IPv6 (IPv4-mapped, 6to4, Teredo, NAT64) and names reserved
 `AddressPolicy.vet(host, port, resolver)` is the check made on the address actually connected to: the
 name is resolved once, every address is checked, and the caller connects to those addresses only
 (never resolving again, so DNS cannot answer differently in between). The resolver is a parameter,
-so tests never send a lookup anywhere.
+so tests never send a lookup anywhere. It lives in the core because `Settings` parses RALF_URL_ALLOW
+into it (standard library only).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""The one settings model of the queue side: every knob is an environment variable prefixed `RALF_`.
+"""The one settings model: every knob is an environment variable prefixed `RALF_`.
 
-Workers, `ralf-cli enqueue` and `compose.yaml` all read this model; `ralf-cli config` prints it.
-Scan knobs default to `ScanOptions`' own defaults so there is a single source for them.
+Workers, `ralf-cli enqueue`, the in-process `scan` and `calibrate` and `compose.yaml` all read this
+model; `ralf-cli config` prints it. The scan knobs are not written here: `Settings` inherits them from
+`WorkerOptions` (device, decoder, detector, engine, precision, sizes, limits) and `Sampling` (the
+default frame sampling of jobs that choose none; unset: `ScanOptions`' own default, 2 frames per second).
 """
 
 from __future__ import annotations
@@ -9,22 +11,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from pipeline.options import DecoderName, DetectorName, DeviceName, EngineName, PrecisionRequest, ScanOptions
+from ralf.core.addresses import AddressPolicy
+from ralf.core.options import SAMPLING_FIELDS, Sampling, ScanOptions, WorkerOptions
 from ralf.shipped import resolve_weights
-
-if TYPE_CHECKING:
-    from worker.addresses import AddressPolicy
 
 Priority = Literal["high", "default", "low"]
 WorkerMode = Literal["auto", "fork", "in-process"]
 PRIORITIES: tuple[Priority, ...] = ("high", "default", "low")
-
-_SCAN_DEFAULTS = ScanOptions()
 
 
 def _split_list(value: object) -> object:
@@ -39,7 +37,9 @@ def _split_list(value: object) -> object:
     return [item.strip() for item in text.replace(os.pathsep, ",").split(",") if item.strip()]
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, WorkerOptions, Sampling):
+    """Deployment settings; the scan fields come from `WorkerOptions` and `Sampling` (module docstring)."""
+
     model_config = SettingsConfigDict(env_prefix="RALF_", extra="ignore", frozen=True)
 
     # --- Redis and rq -------------------------------------------------------------------
@@ -76,28 +76,6 @@ class Settings(BaseSettings):
         False, description="Scan with a seeded random model instead (pipeline checks and tests only)"
     )
     random_preset: str = Field("paper", description="Model preset of the random model (random_weights)")
-    device: DeviceName = Field(_SCAN_DEFAULTS.device, description="auto | cpu | cuda")
-    decoder: DecoderName = Field(_SCAN_DEFAULTS.decoder, description="auto | dali | pyav")
-    detector: DetectorName = Field(_SCAN_DEFAULTS.detector, description="Face detector: mtcnn | yolo")
-    yolo_weights: Path | None = Field(None, description="Local YOLO face weights (detector=yolo)")
-    engine: EngineName = Field(_SCAN_DEFAULTS.engine, description="auto | tensorrt | compile | eager")
-    precision: PrecisionRequest = Field(
-        _SCAN_DEFAULTS.precision,
-        description="auto (the fastest exported engine within its measured parity, else fp32) | fp32 | bf16 | fp16",
-    )
-    batch_size: int | None = Field(
-        _SCAN_DEFAULTS.batch_size, ge=1, description="Face crops per model forward (unset: the scan options' default)"
-    )
-    chunk_size: int = Field(_SCAN_DEFAULTS.chunk_size, ge=1, description="Sampled frames decoded together")
-    target_fps: float | None = Field(None, gt=0, description="Frame sampling rate (ScanOptions default if no mode set)")
-    every_n: int | None = Field(None, ge=1, description="Sample every n-th frame instead")
-    max_frames: int | None = Field(None, ge=1, description="Sample at most this many frames evenly instead")
-    max_frame_pixels: int = Field(
-        _SCAN_DEFAULTS.max_frame_pixels, ge=1, description="Larger frames give an error verdict; above 4K they are scaled down"
-    )
-    max_file_bytes: int = Field(
-        _SCAN_DEFAULTS.max_file_bytes, ge=1, description="Larger files are refused at enqueue (before hashing) and by scans"
-    )
 
     # --- results and failures -----------------------------------------------------------
     result_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="How long verdicts are kept")
@@ -168,8 +146,6 @@ class Settings(BaseSettings):
     @field_validator("url_allow")
     @classmethod
     def _allow_entries(cls, value: list[str]) -> list[str]:
-        from worker.addresses import AddressPolicy
-
         AddressPolicy.from_entries(value)  # raises on an entry that is neither a network nor a name
         return value
 
@@ -178,10 +154,8 @@ class Settings(BaseSettings):
         random model) only with RALF_RANDOM_WEIGHTS."""
         return resolve_weights(self.weights, self.random_weights)
 
-    def url_policy(self) -> "AddressPolicy":
+    def url_policy(self) -> AddressPolicy:
         """Which addresses URL inputs may reach (public ones, plus RALF_URL_ALLOW)."""
-        from worker.addresses import AddressPolicy
-
         return AddressPolicy.from_entries(self.url_allow)
 
     def queue_name(self, priority: Priority) -> str:
@@ -193,28 +167,13 @@ class Settings(BaseSettings):
         return [self.queue_name(p) for p in PRIORITIES]
 
     def scan_options(self, **overrides: Any) -> ScanOptions:
-        """The worker's ScanOptions; sampling fields only when set, so ScanOptions' default applies."""
-        values: dict[str, Any] = {
-            "device": self.device,
-            "decoder": self.decoder,
-            "detector": self.detector,
-            "yolo_weights": self.yolo_weights,
-            "engine": self.engine,
-            "precision": self.precision,
-            "batch_size": self.batch_size,
-            "chunk_size": self.chunk_size,
-            "max_frame_pixels": self.max_frame_pixels,
-            "max_file_bytes": self.max_file_bytes,
-        }
-        for name in ("target_fps", "every_n", "max_frames"):
-            if getattr(self, name) is not None:
-                values[name] = getattr(self, name)
-        if any(name in overrides for name in ("target_fps", "every_n", "max_frames")):
-            # A job choosing a sampling mode replaces the worker's, never combines with it.
-            for name in ("target_fps", "every_n", "max_frames"):
-                values.pop(name, None)
-        values.update(overrides)
-        return ScanOptions(**values)
+        """The worker's ScanOptions, with a job's or the command line's `overrides` (flat sampling keys
+        allowed). A sampling mode in the overrides replaces the worker's, never combines with it."""
+        values: dict[str, Any] = {name: getattr(self, name) for name in WorkerOptions.model_fields}
+        chosen = {name: getattr(self, name) for name in SAMPLING_FIELDS if getattr(self, name) is not None}
+        if chosen and not any(name in overrides for name in (*SAMPLING_FIELDS, "sampling")):
+            values["sampling"] = Sampling(**chosen)
+        return ScanOptions(**{**values, **overrides})
 
     def key(self, *parts: str) -> str:
         """A Redis key of ours: `<prefix>:<part>:<part>`."""
