@@ -1,6 +1,6 @@
 """Frame scores → track scores → video score and label. Pure functions over plain numbers.
 
-Every score here is P(fake) = sigmoid(logit): the model's logit is log-odds of FAKE.
+Every score here is P(fake), as `ralf.core.decision.Decision` maps the model's logits (log-odds of FAKE).
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import torch
-
-from pipeline.options import AggregationName
 from pipeline.verdict import MAX_FRAME_POINTS, FramePoint, TrackVerdict, VerdictLabel
+from ralf.core.options import AggregationName
 
 
 @dataclass(frozen=True)
@@ -25,16 +23,6 @@ class FaceScore:
     frame_index: int
     timestamp_s: float
     probability: float  # P(fake)
-
-
-def fake_probabilities(logits: torch.Tensor, temperature: float = 1.0) -> list[float]:
-    """P(fake) = sigmoid(logit / temperature) per logit, as plain floats (the logit is log-odds of FAKE).
-
-    A calibration may store a temperature; 1.0 leaves the model's probabilities as they are.
-    """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    return torch.sigmoid(logits.detach().to("cpu", torch.float64) / temperature).tolist()
 
 
 def track_score(probabilities: Sequence[float], method: AggregationName = "mean", top_k: int = 5) -> float:

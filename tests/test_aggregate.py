@@ -11,13 +11,13 @@ from pipeline.aggregate import (
     FaceScore,
     aggregate_tracks,
     deciding_tracks,
-    fake_probabilities,
     suspicious_times,
     track_score,
     video_label,
     video_score,
 )
 from pipeline.verdict import TrackVerdict
+from ralf.core.decision import fake_probabilities
 
 
 def test_probabilities_are_sigmoid_of_fake_logit() -> None:

@@ -12,19 +12,18 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from pipeline import synthetic
-from pipeline.options import ScanOptions
+from pipeline.aggregate import track_score
 from pipeline.scan import Scanner
 from ralf.config import RALFConfig
+from ralf.core.decision import Decision
+from ralf.core.metadata import read_metadata
+from ralf.core.options import ScanOptions
 from ralf.model import RALF
-from ralf.weights import load_weights, read_metadata, save_weights, tensors_digest
-from trainer.calibrate import (
-    ScoredSet,
-    calibration_from_scores,
-    collect_items,
-    dataset_fingerprint,
-    save_calibration,
-)
+from ralf.weights import load_weights, save_weights, tensors_digest
+from trainer.calibrate import calibrate, calibration_from_scores, save_calibration
 from trainer.data import read_rgb, to_model_input
+from trainer.evaluate import evaluate
+from trainer.scoring import ScoredSet, collect_items, dataset_fingerprint
 
 runner = CliRunner()
 SMALL_CLIP = {"num_frames": 12, "fps": 12.0, "size": (160, 120)}
@@ -198,6 +197,40 @@ def test_video_level_calibration_with_the_scanner(tmp_path: Path) -> None:
     }
     assert np.mean(called["fake"]) == pytest.approx(calibration.achieved_tpr)
     assert np.mean(called["real"]) == pytest.approx(calibration.achieved_fpr)
+
+
+def test_scan_evaluate_and_calibrate_agree_with_a_fitted_temperature(tmp_path: Path) -> None:
+    # Crop folders: a "video" per folder for calibrate's video level and for evaluate's folder layout.
+    data = tmp_path / "videos"
+    for label, first_seed in (("real", 10), ("fake", 20)):
+        for video in range(4):
+            _write_crops(data / label / f"v{video}", 4, seed=first_seed + video)
+    weights = _tiny_weights(tmp_path / "w.safetensors")
+    options = ScanOptions(device="cpu", engine="eager")
+    result = calibrate(weights, data, options=options, level="video", method="eer", fit_temp=True, min_per_class=3)
+    calibration = result.calibration
+    assert calibration.temperature is not None and abs(np.log(calibration.temperature)) > 0.1  # T matters here
+    save_calibration(weights, calibration)
+
+    # Scan: the scanner decides with the calibration's temperature, at the threshold calibrate reported,
+    # and its scores reproduce calibrate's operating point exactly.
+    scanner = Scanner(options, weights)
+    assert scanner.decision == Decision.from_calibration(calibration)
+    assert scanner.threshold == result.threshold_probability
+    videos = sorted(f"{label}/{folder.name}" for label in ("real", "fake") for folder in (data / label).iterdir())
+    scanned = {}
+    for video in videos:
+        crops = torch.stack([to_model_input(read_rgb(f), 64) for f in sorted((data / video).glob("*.png"))])
+        scanned[video] = track_score(scanner.decision.probabilities(scanner.engine.logits(crops)))
+    called = {video: score >= scanner.threshold for video, score in scanned.items()}
+    assert np.mean([called[v] for v in videos if v.startswith("fake/")]) == calibration.achieved_tpr
+    assert np.mean([called[v] for v in videos if v.startswith("real/")]) == calibration.achieved_fpr
+
+    # Evaluate: the same threshold and, video by video, the scanner's P(fake).
+    report = evaluate(weights, data, split="all", device="cpu", batch_size=8, num_workers=0, progress=False)
+    assert report.threshold == scanner.threshold
+    assert report.clean.video.scores == pytest.approx([scanned[v] for v in videos], rel=1e-5, abs=1e-6)
+    assert list(report.clean.video.labels) == [v.startswith("fake/") for v in videos]
 
 
 SHARED_CROPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "crops"

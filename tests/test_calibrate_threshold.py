@@ -9,15 +9,10 @@ import pytest
 from sklearn.metrics import roc_curve as sklearn_roc_curve
 
 from pipeline.aggregate import video_label
-from pipeline.scan import Decision
-from trainer.calibrate import (
-    CalibrationError,
-    ScoredSet,
-    calibration_from_scores,
-    choose_threshold,
-    fit_temperature,
-    logit_threshold_for,
-)
+from ralf.core.decision import Decision
+from trainer.calibrate import calibration_from_scores
+from trainer.scoring import ScoredSet
+from trainer.thresholds import CalibrationError, choose_threshold, fit_temperature
 
 # Fixed score arrays with ties inside and across classes (scores are what the calibrator sees).
 LABELS = np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1], dtype=bool)
@@ -123,15 +118,13 @@ def test_temperature_on_separable_data_stops_at_its_bound() -> None:
 @pytest.mark.parametrize("probability", [0.5, 0.73105857863, 1e-9, 1 - 1e-12, 0.999999, 0.123456789, 1.0])
 def test_logit_threshold_round_trips_through_the_scanner_decision(probability: float, temperature: float) -> None:
     below = probability - max(1e-15, probability * 1e-9)
-    threshold = logit_threshold_for(probability, below, temperature)
+    threshold = Decision.logit_threshold(probability, below, temperature)
     decided = _decision_threshold(threshold, temperature)
     assert below < decided <= probability
 
 
 def _decision_threshold(threshold: float, temperature: float) -> float:
-    from trainer.calibrate import _placeholder_calibration
-
-    return Decision.from_calibration(_placeholder_calibration(threshold, temperature)).threshold
+    return Decision.probability_threshold(threshold, temperature)
 
 
 def _scored(labels: np.ndarray, scores: np.ndarray) -> ScoredSet:

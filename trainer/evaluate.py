@@ -1,13 +1,15 @@
 """`ralf-cli evaluate`: Acc, AUC, EER and AP at frame and video level, optionally under a
-DeeperForensics level-2 distortion with the AUC drop against the clean run, and an ROC curve PNG."""
+DeeperForensics level-2 distortion with the AUC drop against the clean run, and an ROC curve PNG.
+
+Scores and threshold are the scanner's: the weights' calibration becomes a `ralf.core.decision.Decision`
+(temperature included), so a video evaluated here is called what a scan would call it."""
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +19,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.aggregate import track_score
-from pipeline.options import AggregationName
+from ralf.core.decision import Decision
+from ralf.core.device import resolve_device
+from ralf.core.options import AggregationName
 from ralf.model import RALF
 from ralf.weights import load_weights
 from trainer.data import (
@@ -33,6 +37,7 @@ from trainer.data import (
 from trainer.distortions import get_distortion
 from trainer.groups import GroupRate, group_labels, rates_by_group
 from trainer.metrics import DetectionMetrics, detection_metrics, roc_curve
+from trainer.roc_plot import RocCurve, RocFigure
 from trainer.sbi import SelfBlendConfig
 
 SplitChoice = Literal["auto", "train", "val", "test", "all"]
@@ -47,8 +52,10 @@ def predict_probabilities(
     autocast: Callable[[], Any] = nullcontext,
     progress: bool = False,
     description: str = "score",
+    decision: Decision = Decision.from_calibration(None),
 ) -> np.ndarray:
-    """P(fake) for every crop of `dataset`, in order (the model must be in eval mode)."""
+    """P(fake) for every crop of `dataset` as `decision` maps logits (uncalibrated: sigmoid), in order
+    (the model must be in eval mode)."""
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -63,7 +70,7 @@ def predict_probabilities(
             batch = unwrap_batch(raw)
             with autocast():
                 logits = model(batch.images.to(device))
-            scores[batch.indices.numpy()] = torch.sigmoid(logits.float()).cpu().numpy()
+            scores[batch.indices.numpy()] = decision.probabilities(logits.float())
     return scores
 
 
@@ -125,6 +132,21 @@ class EvaluationReport:
             clean, bad = getattr(self.clean, level).metrics, getattr(self.distorted, level).metrics
             drop[level] = bad.auc - clean.auc if clean and bad else None
         return drop
+
+    def roc(self) -> RocFigure:
+        """ROC curves, frame and video level, clean and distorted (for `trainer.roc_plot.plot_roc`)."""
+        curves = []
+        for run in (self.clean, self.distorted):
+            if run is None:
+                continue
+            for level_name, style in (("frame", "-"), ("video", "--")):
+                level: LevelResult = getattr(run, level_name)
+                if level.metrics is None:
+                    continue
+                fpr, tpr, _ = roc_curve(level.labels, level.scores)
+                label = f"{level_name} {run.distortion or 'clean'} (AUC {level.metrics.auc:.3f})"
+                curves.append(RocCurve(fpr, tpr, label, style))
+        return RocFigure(title=f"ROC, {self.model_version}", curves=curves)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -192,21 +214,16 @@ def evaluate(
     rates per group of people at the threshold.
     """
     distort = get_distortion(distortion) if distortion is not None else None  # bad name fails before loading
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} requested but CUDA is not available")
-    target = torch.device(device)
+    target = torch.device(resolve_device(device))
     model, metadata = load_weights(weights, target)
     labels_of = group_labels(groups) if groups is not None else None  # a bad --groups fails before scoring
     records, split_name = choose_split(load_crop_records(data), split, metadata.training)
     records = with_fake_source(records, fakes)
     blend = SelfBlendConfig.model_validate((metadata.training.get("train_config") or {}).get("sbi") or {})
     require_both_classes(records, f"evaluation ({split_name})")
-    if threshold is None:
-        calibration = metadata.calibration
-        # A calibrated threshold is stored on the logit; accuracy here thresholds P(fake).
-        threshold = 1.0 / (1.0 + math.exp(-calibration.threshold)) if calibration is not None else 0.5
+    decision = Decision.from_calibration(metadata.calibration)
+    if threshold is not None:  # given on P(fake); the calibration's temperature still applies
+        decision = replace(decision, threshold=threshold, source="--threshold")
     labels = np.array([r.is_fake for r in records], dtype=bool)
 
     def run(transform: Callable[[np.ndarray], np.ndarray] | None, name: str | None) -> EvaluationPass:
@@ -214,54 +231,24 @@ def evaluate(
             records, model.config.image_size, distortion=transform, self_blend=blend if fakes != "data" else None, seed=seed
         )
         frame_scores = predict_probabilities(
-            model, dataset, target, batch_size, num_workers, progress=progress, description=name or "clean"
+            model, dataset, target, batch_size, num_workers, progress=progress, description=name or "clean",
+            decision=decision,
         )
         video_labels, video_scores = video_level(records, frame_scores, aggregation, top_k)
-        return EvaluationPass(name, _level(labels, frame_scores, threshold), _level(video_labels, video_scores, threshold))
+        cut = decision.threshold
+        return EvaluationPass(name, _level(labels, frame_scores, cut), _level(video_labels, video_scores, cut))
 
     clean = run(None, None)
     distorted = run(distort, distortion) if distort is not None else None
-    rates = rates_by_group(records, clean.frame.scores, threshold, labels_of) if labels_of is not None else None
+    rates = rates_by_group(records, clean.frame.scores, decision.threshold, labels_of) if labels_of is not None else None
     return EvaluationReport(
         weights=Path(weights),
         model_version=metadata.model_version,
         data=Path(data),
         split=split_name,
-        threshold=threshold,
+        threshold=decision.threshold,
         aggregation=aggregation,
         clean=clean,
         distorted=distorted,
         groups=rates,
     )
-
-
-def plot_roc(report: EvaluationReport, path: Path) -> Path:
-    """ROC curves (frame and video level, clean and distorted) into a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers
-    from matplotlib import pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(5.5, 5.0), dpi=120)
-    for run in (report.clean, report.distorted):
-        if run is None:
-            continue
-        for level_name, style in (("frame", "-"), ("video", "--")):
-            level: LevelResult = getattr(run, level_name)
-            if level.metrics is None:
-                continue
-            fpr, tpr, _ = roc_curve(level.labels, level.scores)
-            label = f"{level_name} {run.distortion or 'clean'} (AUC {level.metrics.auc:.3f})"
-            axis.plot(fpr, tpr, style, label=label)
-    axis.plot([0, 1], [0, 1], ":", color="grey", linewidth=0.8)
-    axis.set_xlabel("false positive rate (real called fake)")
-    axis.set_ylabel("true positive rate (fake detected)")
-    axis.set_title(f"ROC, {report.model_version}")
-    axis.legend(loc="lower right", fontsize=8)
-    axis.set_xlim(0, 1)
-    axis.set_ylim(0, 1.01)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, bbox_inches="tight")
-    plt.close(figure)
-    return path
