@@ -34,10 +34,12 @@ from collections.abc import Callable
 
 import torch
 
-from pipeline.compiled import InferenceGraph, export_engine, export_program, tensorrt_available
-from pipeline.engine import EagerEngine, load_engine
-from pipeline.options import ScanOptions
+from pipeline.artifacts import tensorrt_available
+from pipeline.engine import EagerEngine
+from pipeline.engine_choice import load_engine
+from pipeline.export import InferenceGraph, export_engine, export_program
 from ralf.config import RALFConfig
+from ralf.core.options import ScanOptions
 from ralf.model import RALF
 from ralf.weights import save_weights
 

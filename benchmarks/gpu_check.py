@@ -125,7 +125,8 @@ class Clip:
 def decode_all(path: Path, backend: str, device: str):  # type: ignore[no-untyped-def]
     import torch
 
-    from pipeline.decode import Sampling, open_video
+    from pipeline.decode import open_video
+    from ralf.core.options import Sampling
 
     with open_video(path, backend=backend, sampling=Sampling(every_n=1), device=device, chunk_size=32) as stream:
         used = stream.backend
@@ -200,8 +201,8 @@ def _iou(a, b) -> float:  # type: ignore[no-untyped-def]
 
 def scanner_cuda(clip: Clip, weights: Path) -> str:
     require_cuda()
-    from pipeline.options import ScanOptions
     from pipeline.scan import Scanner
+    from ralf.core.options import ScanOptions
 
     scanner = Scanner(ScanOptions(device=DEVICE, every_n=1), weights)  # type: ignore[arg-type]
     scanner.warm_up()
@@ -233,9 +234,10 @@ def face_crops(state: dict, size: int):  # type: ignore[no-untyped-def]
 def export_and_compare(engine_name: str, weights: Path, state: dict, max_batch: int, precision: str) -> str:
     import torch
 
-    from pipeline.compiled import export_engine, read_sidecar
-    from pipeline.engine import load_engine
-    from pipeline.options import ScanOptions
+    from pipeline.artifacts import read_sidecar
+    from pipeline.engine_choice import load_engine
+    from pipeline.export import export_engine
+    from ralf.core.options import ScanOptions
     from ralf.weights import load_weights
 
     started = time.perf_counter()
@@ -279,8 +281,9 @@ def throughput(weights: Path, batches: list[int]) -> str:
     import torch
 
     from benchmarks.engine import interleaved_faces_per_second
-    from pipeline.engine import EagerEngine, load_engine
-    from pipeline.options import ScanOptions
+    from pipeline.engine import EagerEngine
+    from pipeline.engine_choice import load_engine
+    from ralf.core.options import ScanOptions
     from ralf.weights import load_weights
 
     model, _ = load_weights(weights, DEVICE)

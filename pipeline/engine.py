@@ -1,18 +1,19 @@
 """Inference engines: face crops in, fake logits out, in batches no larger than the engine allows.
 
-The scanner only talks to the `InferenceEngine` protocol, so an optimised engine (torch.compile,
-Torch-TensorRT) can replace the eager one without touching the rest of the pipeline.
+The scanner only talks to the `InferenceEngine` protocol, so an optimised engine (an exported
+artifact, `pipeline.artifacts`) can replace the eager one without touching the rest of the pipeline;
+`pipeline.engine_choice.load_engine` picks one.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-from pipeline.options import ScanOptions
+from ralf.core.options import ScanOptions
 
 
 class InferenceOutOfMemory(RuntimeError):
@@ -46,6 +47,26 @@ def check_crops(crops: torch.Tensor) -> None:
         raise ValueError(f"crops must be float (K, 3, S, S), got {crops.dtype} {tuple(crops.shape)}")
 
 
+def batched_logits(
+    run: Callable[[torch.Tensor], torch.Tensor], crops: torch.Tensor, device: torch.device, max_batch: int
+) -> torch.Tensor:
+    """`run` over `crops` in batches of at most `max_batch`, moved to `device` as contiguous float32 (what
+    compiled artifacts require); float32 logits (K,) on `device`. Running out of memory raises
+    InferenceOutOfMemory naming the batch size, so the caller can retry smaller."""
+    check_crops(crops)
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, crops.shape[0], max_batch):
+            batch = crops[start : start + max_batch].to(device, torch.float32, non_blocking=True).contiguous()
+            try:
+                outputs.append(run(batch).reshape(-1).float())
+            except torch.OutOfMemoryError as error:
+                raise InferenceOutOfMemory(max_batch, device, str(error)) from error
+    if not outputs:
+        return torch.zeros((0,), dtype=torch.float32, device=device)
+    return torch.cat(outputs)
+
+
 class EagerEngine:
     """Plain PyTorch forward passes under `torch.inference_mode`.
 
@@ -70,18 +91,7 @@ class EagerEngine:
         self._run = low_precision_forward(self.model, precision)
 
     def logits(self, crops: torch.Tensor) -> torch.Tensor:
-        check_crops(crops)
-        outputs = []
-        with torch.inference_mode():
-            for start in range(0, crops.shape[0], self.max_batch):
-                batch = crops[start : start + self.max_batch].to(self.device, torch.float32, non_blocking=True)
-                try:
-                    outputs.append(self._run(batch).reshape(-1).float())
-                except torch.OutOfMemoryError as error:
-                    raise InferenceOutOfMemory(self.max_batch, self.device, str(error)) from error
-        if not outputs:
-            return torch.zeros((0,), dtype=torch.float32, device=self.device)
-        return torch.cat(outputs)
+        return batched_logits(self._run, crops, self.device, self.max_batch)
 
 
 # Face crops per forward when ScanOptions.batch_size is unset. A GPU wants large batches. On a CPU it
@@ -113,21 +123,3 @@ def default_batch_size(config: object, device: torch.device | str) -> int:
 def resolved_batch_size(options: ScanOptions, config: object, device: torch.device | str) -> int:
     """`options.batch_size` when set, else `default_batch_size`."""
     return options.batch_size if options.batch_size is not None else default_batch_size(config, device)
-
-
-def load_engine(
-    model: nn.Module, options: ScanOptions, weights_path: Path | None = None
-) -> tuple[InferenceEngine, list[str]]:
-    """The engine `options.engine` asks for, falling back to eager with a warning when it is unavailable.
-
-    `weights_path` identifies the weights, so an engine that compiles ahead of time can cache its
-    build next to them. Returns the engine and the warnings a verdict should carry. An unset batch
-    size becomes `default_batch_size` for the model and device. Which artifact and precision, by
-    rule (`pipeline.compiled.plan_engine`): the engine's `choice` says which and why.
-    """
-    from pipeline.compiled import choose_engine  # imported here: pipeline.compiled imports this module
-
-    device = torch.device(options.resolved_device())
-    batch_size = resolved_batch_size(options, getattr(model, "config", None), device)
-    options = options.model_copy(update={"batch_size": batch_size})
-    return choose_engine(model, options, weights_path, device)

@@ -10,7 +10,7 @@ global residual `net(x^) + x^` and the two differences. (`forms()` lists the oth
 Who decides: an explicit `ScanOptions.precision` is obeyed (bf16 where the device has it). `auto`
 takes a lower precision only where a measurement on trained weights over real face crops says its
 scores stay within `PARITY_TOLERANCE` of float32 *and* it was faster: that measurement is a sidecar
-written by `ralf-cli export --precision bf16` (engine `eager` or `compile`; `pipeline.compiled`),
+written by `ralf-cli export --precision bf16` (engine `eager` or `compile`; `pipeline.export`),
 never an assumption.
 """
 

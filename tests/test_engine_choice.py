@@ -1,4 +1,4 @@
-"""Which engine and precision run, by rule (`pipeline.compiled.plan_engine`), and eager bf16.
+"""Which engine and precision run, by rule (`pipeline.engine_choice.plan_engine`), and eager bf16.
 
 Fast: sidecars are written by hand or by the eager export (no Inductor compile here; the real
 AOTInductor artifacts are in tests/test_engine_compiled.py).
@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.compiled import EngineArtifact, export_engine, plan_engine, preview_engine, read_sidecar
-from pipeline.engine import EagerEngine, load_engine
-from pipeline.options import ScanOptions
+from pipeline.artifacts import EngineArtifact, read_sidecar
+from pipeline.engine import EagerEngine
+from pipeline.engine_choice import load_engine, plan_engine, preview_engine
+from pipeline.export import export_engine
 from pipeline.precision import PARITY_TOLERANCE, LowPrecisionForward, precision_supported
 from ralf.config import RALFConfig
+from ralf.core.options import ScanOptions
 from ralf.model import RALF
 from ralf.weights import save_weights
 

@@ -11,14 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.compiled import PARITY_TOLERANCE, CompiledEngine, file_sha256, export_engine, read_sidecar
-from pipeline.engine import load_engine
-from pipeline.options import ScanOptions
-from pipeline.precision import precision_supported
+from pipeline.artifacts import CompiledEngine, read_sidecar
+from pipeline.engine_choice import load_engine
+from pipeline.export import export_engine
+from pipeline.precision import PARITY_TOLERANCE, precision_supported
 from pipeline.scan import Scanner
 from ralf.config import RALFConfig
+from ralf.core.files import file_sha256
+from ralf.core.metadata import Calibration
+from ralf.core.options import ScanOptions
 from ralf.model import RALF
-from ralf.weights import Calibration, load_weights, save_weights, tensors_digest
+from ralf.weights import load_weights, save_weights, tensors_digest
 from trainer.calibrate import save_calibration
 
 pytestmark = pytest.mark.slow

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.engine import EagerEngine, InferenceEngine, InferenceOutOfMemory, load_engine
-from pipeline.options import ScanOptions
+from pipeline.engine import EagerEngine, InferenceEngine, InferenceOutOfMemory
+from pipeline.engine_choice import load_engine
 from ralf.config import RALFConfig
+from ralf.core.options import ScanOptions
 from ralf.model import RALF
 
 
@@ -86,9 +87,10 @@ def test_load_engine_falls_back_to_eager_with_a_warning(tiny_model: RALF) -> Non
 
 
 def test_default_batch_size_follows_device_and_preset() -> None:
-    from pipeline.engine import CPU_BATCH_SIZE, GPU_BATCH_SIZE, default_batch_size, load_engine
-    from pipeline.options import ScanOptions
+    from pipeline.engine import CPU_BATCH_SIZE, GPU_BATCH_SIZE, default_batch_size
+    from pipeline.engine_choice import load_engine
     from ralf.config import RALFConfig
+    from ralf.core.options import ScanOptions
     from ralf.model import RALF
 
     assert default_batch_size(RALFConfig.paper(), "cuda") == GPU_BATCH_SIZE == 32

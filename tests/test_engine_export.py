@@ -12,19 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.compiled import (
-    PARITY_TOLERANCE,
-    EngineUnavailable,
-    InferenceGraph,
-    _build_tensorrt,
-    export_engine,
-    export_program,
-    load_compiled_engine,
-    parity_gap,
-)
-from pipeline.engine import load_engine
-from pipeline.options import ScanOptions
+from pipeline.artifacts import parity_gap
+from pipeline.engine_choice import load_compiled_engine, load_engine
+from pipeline.export import EngineUnavailable, InferenceGraph, _build_tensorrt, export_engine, export_program
+from pipeline.precision import PARITY_TOLERANCE
 from ralf.config import RALFConfig
+from ralf.core.options import ScanOptions
 from ralf.model import RALF
 from ralf.weights import save_weights
 
@@ -172,10 +165,10 @@ def test_export_cli(weights: Path) -> None:
 def test_a_build_that_disagrees_with_eager_writes_nothing(
     weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.compiled as compiled
+    import pipeline.export as export
 
-    monkeypatch.setattr(compiled, "_build_aoti", lambda graph, size, batch, device, path: path.write_bytes(b"x"))
-    monkeypatch.setattr(compiled, "_open_artifact", lambda info, path: lambda x: torch.full((x.shape[0],), 9.0))
+    monkeypatch.setattr(export, "_build_aoti", lambda graph, size, batch, device, path: path.write_bytes(b"x"))
+    monkeypatch.setattr(export, "open_artifact", lambda info, path: lambda x: torch.full((x.shape[0],), 9.0))
     with pytest.raises(RuntimeError, match="disagrees with eager"):
         export_engine(weights, "compile", out_dir=tmp_path, device="cpu")
     assert list(tmp_path.iterdir()) == []
