@@ -18,43 +18,37 @@ Memory stays bounded for any video length: frames live only for their chunk; wha
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from pipeline.aggregate import FaceScore, aggregate_tracks, fake_probabilities, video_label, video_score
+from pipeline.aggregate import FaceScore, aggregate_tracks, video_label, video_score
 from pipeline.crops import crop_faces
-from pipeline.decode import FrameBatch, Sampling, VideoDecodeError, VideoInfo, VideoStream, open_video, probe_video
+from pipeline.decode import FrameBatch, VideoDecodeError, VideoInfo, VideoStream, open_video, probe_video
 from pipeline.decode.prefetch import prefetch
-from pipeline.decode.types import DecodeStats
-from pipeline.evidence import EvidenceCollector, FaceView
-from pipeline.engine import InferenceEngine, InferenceOutOfMemory, load_engine, resolved_batch_size
-from pipeline.faces import FaceDetector, build_detector
-from pipeline.options import RANDOM_WEIGHTS_SEED, ScanOptions, random_model_version
+from pipeline.decode.sampling import expected_samples
+from pipeline.engine import InferenceOutOfMemory, resolved_batch_size
+from pipeline.evidence import EvidenceCollector
+from pipeline.faces import FaceDetector
+from pipeline.loading import LoadedEngine, LoadedModel, detector_settings, load_detector
+from pipeline.scan_state import FaceMeta, ScanState
 from pipeline.tracking import IouTracker
-from pipeline.verdict import Counts, StageTimings, TrackVerdict, Verdict, VerdictLabel
-from ralf.config import RALFConfig
-from ralf.model import RALF
-from ralf.weights import Calibration, CropGeometry, load_weights
+from pipeline.verdict import TrackVerdict, Verdict, VerdictLabel
+from ralf.core.device import resolve_device
+from ralf.core.metadata import CropGeometry
+from ralf.core.options import ScanOptions
 
 __all__ = [
     "INTERNAL_ERROR_PREFIX",
     "RANDOM_WEIGHTS_WARNING",
-    "UNCALIBRATED_THRESHOLD_SOURCE",
-    "InferenceOutOfMemory",
     "ProgressCallback",
     "ScanInputError",
     "Scanner",
-    "expected_samples",
 ]
 
 RANDOM_WEIGHTS_WARNING = "weights are random: verdicts are meaningless until you train or import weights"
-UNCALIBRATED_THRESHOLD = 0.5
-UNCALIBRATED_THRESHOLD_SOURCE = "uncalibrated default (0.5)"
 INTERNAL_ERROR_PREFIX = "internal: "
 WARM_UP_FORWARDS = 2
 WARM_UP_FRAME_HW = (240, 320)
@@ -66,121 +60,6 @@ ProgressCallback = Callable[[int, int], None]
 
 class ScanInputError(ValueError):
     """The input is refused before or while decoding (too large, too long)."""
-
-
-@dataclass(frozen=True)
-class Decision:
-    """How scores become labels: P(fake) = sigmoid(logit / temperature), fake when P >= threshold."""
-
-    threshold: float
-    source: str
-    temperature: float = 1.0
-
-    @classmethod
-    def from_calibration(cls, calibration: Calibration | None) -> Decision:
-        """The calibrated threshold (stored on the logit) moved to the P(fake) scale of verdicts."""
-        if calibration is None:
-            return cls(UNCALIBRATED_THRESHOLD, UNCALIBRATED_THRESHOLD_SOURCE)
-        temperature = calibration.temperature or 1.0
-        threshold = 1.0 / (1.0 + math.exp(-calibration.threshold / temperature))
-        details = [calibration.method]
-        if calibration.target_fpr is not None:
-            details.append(f"target FPR {calibration.target_fpr:g}")
-        details.append(f"{calibration.level} level")
-        details.append(f"{calibration.num_real} real / {calibration.num_fake} fake")
-        details.append(calibration.date)
-        return cls(threshold, f"calibrated ({', '.join(details)})", temperature)
-
-    def probabilities(self, logits: torch.Tensor) -> list[float]:
-        return fake_probabilities(logits, self.temperature)
-
-
-def expected_samples(info: VideoInfo, sampling: Sampling) -> int:
-    """How many frames `sampling` keeps from a video like `info` (an estimate; 0 when unknown)."""
-    frames = info.num_frames
-    if frames is None and info.duration_s is not None:
-        frames = round(info.duration_s * info.fps)
-    if not frames:
-        return 0
-    if sampling.every_n is not None:
-        return math.ceil(frames / sampling.every_n)
-    if sampling.target_fps is not None:
-        duration = info.duration_s if info.duration_s is not None else frames / info.fps
-        return min(frames, max(1, math.ceil(duration * sampling.target_fps)))
-    if sampling.max_frames is not None:
-        return min(frames, sampling.max_frames)
-    return frames
-
-
-@dataclass
-class _FaceMeta:
-    track_id: int
-    frame_index: int
-    timestamp_s: float
-    view: FaceView | None = None  # frame context, only while collecting evidence
-
-
-@dataclass
-class _ScanState:
-    """What one scan accumulates: scored faces, pending crops, counts and stage times."""
-
-    faces: list[FaceScore] = field(default_factory=list)
-    pending_crops: list[torch.Tensor] = field(default_factory=list)
-    pending_meta: list[_FaceMeta] = field(default_factory=list)
-    counts: Counts = field(default_factory=Counts)
-    timings: StageTimings = field(default_factory=StageTimings)
-    decoder: str = ""
-    warnings: list[str] = field(default_factory=list)
-    evidence: EvidenceCollector | None = None
-
-    @property
-    def pending(self) -> int:
-        return len(self.pending_meta)
-
-
-@dataclass(frozen=True)
-class _LoadedModel:
-    """The weights a scanner was built from: loaded once, shared by every `with_options` scanner."""
-
-    model: RALF
-    weights_path: Path | None
-    preset_if_random: str
-    model_version: str
-    weights_random: bool
-    decision: Decision
-    crop: CropGeometry
-
-    @classmethod
-    def load(cls, weights: Path | None, preset_if_random: str, device: torch.device) -> _LoadedModel:
-        if weights is None:
-            version = random_model_version(preset_if_random)
-            decision = Decision.from_calibration(None)
-            model = _random_model(preset_if_random)
-            return cls(model, None, preset_if_random, version, True, decision, CropGeometry())
-        model, metadata = load_weights(weights, device)
-        decision = Decision.from_calibration(metadata.calibration)
-        return cls(model, weights, preset_if_random, metadata.model_version, False, decision, metadata.crop)
-
-
-@dataclass(frozen=True)
-class _LoadedEngine:
-    """An engine with the options it was built for and the warnings its loading produced."""
-
-    engine: InferenceEngine
-    kind: str
-    built_batch_size: int
-    warnings: list[str]
-
-    @classmethod
-    def load(cls, loaded: _LoadedModel, options: ScanOptions) -> _LoadedEngine:
-        engine, warnings = load_engine(loaded.model, options, loaded.weights_path)
-        return cls(engine, f"{options.engine}/{options.precision}", engine.max_batch, warnings)
-
-    def serves(self, options: ScanOptions, batch_size: int) -> bool:
-        """True when `options` can use this engine as is: same kind and precision request, batches
-        (`batch_size`, resolved) no larger than it was built for (the scanner hands it at most that
-        many crops per call)."""
-        return f"{options.engine}/{options.precision}" == self.kind and batch_size <= self.built_batch_size
 
 
 class Scanner:
@@ -196,18 +75,18 @@ class Scanner:
     def __init__(
         self, options: ScanOptions, weights: Path | None = None, *, preset_if_random: str = "paper"
     ) -> None:
-        device = _resolve_device(options)
-        loaded = _LoadedModel.load(weights, preset_if_random, device)
-        detector = _build_detector(options, device)
-        self._assemble(options, device, loaded, detector, _LoadedEngine.load(loaded, options))
+        device = torch.device(resolve_device(options.device))
+        loaded = LoadedModel.load(weights, preset_if_random, device)
+        detector = load_detector(options, device)
+        self._assemble(options, device, loaded, detector, LoadedEngine.load(loaded, options))
 
     def _assemble(
         self,
         options: ScanOptions,
         device: torch.device,
-        loaded: _LoadedModel,
+        loaded: LoadedModel,
         detector: FaceDetector,
-        engine: _LoadedEngine,
+        engine: LoadedEngine,
     ) -> None:
         self.options = options
         self.device = device
@@ -223,9 +102,7 @@ class Scanner:
         self.crop = loaded.crop if options.margin is None else CropGeometry(margin=options.margin, square=True)
         self.detector = detector
         self.engine = engine.engine
-        self.sampling = Sampling(
-            every_n=options.every_n, target_fps=options.target_fps, max_frames=options.max_frames
-        )
+        self.sampling = options.sampling
         self.warnings = ([RANDOM_WEIGHTS_WARNING] if self.weights_random else []) + engine.warnings
 
     def with_options(self, options: ScanOptions) -> Scanner:
@@ -238,14 +115,14 @@ class Scanner:
         (the out-of-memory retry) cost nothing. A different device needs its own copy of the
         weights: that alone loads a fresh Scanner.
         """
-        device = _resolve_device(options)
+        device = torch.device(resolve_device(options.device))
         if device != self.device:
             return Scanner(options, self.weights_path, preset_if_random=self._loaded.preset_if_random)
-        same_detector = _detector_settings(options) == _detector_settings(self.options)
-        detector = self.detector if same_detector else _build_detector(options, device)
+        same_detector = detector_settings(options) == detector_settings(self.options)
+        detector = self.detector if same_detector else load_detector(options, device)
         batch_size = resolved_batch_size(options, self._loaded.model.config, device)
         serves = self._engine.serves(options, batch_size)
-        engine = self._engine if serves else _LoadedEngine.load(self._loaded, options)
+        engine = self._engine if serves else LoadedEngine.load(self._loaded, options)
         derived = Scanner.__new__(Scanner)
         derived._assemble(options, device, self._loaded, detector, engine)
         return derived
@@ -281,7 +158,7 @@ class Scanner:
         is replaced as a whole) and list them in the verdict (see pipeline/evidence.py)."""
         started = time.perf_counter()
         path = Path(path)
-        state = _ScanState()
+        state = ScanState()
         if evidence_dir is not None and self.options.suspicious_frames > 0:
             state.evidence = EvidenceCollector(self.options.suspicious_frames)
         try:
@@ -298,7 +175,7 @@ class Scanner:
                 skip_unneeded=self.options.decode_skip,
             ) as stream:
                 self._score_stream(stream, state, progress)
-                _note_damage(stream.stats, state)
+                state.note_damage(stream.stats)
         except (VideoDecodeError, ScanInputError) as error:
             state.timings.total_s = time.perf_counter() - started
             return self._verdict(path, state, label="error", error=str(error))
@@ -318,7 +195,7 @@ class Scanner:
         return verdict if evidence is None else verdict.model_copy(update=evidence)
 
     def _write_evidence(
-        self, state: _ScanState, tracks: list[TrackVerdict], evidence_dir: Path | None
+        self, state: ScanState, tracks: list[TrackVerdict], evidence_dir: Path | None
     ) -> dict[str, object] | None:
         """The evidence pass over the chosen crops (pipeline/evidence.py); a failure to write is a warning."""
         if evidence_dir is None or state.evidence is None:
@@ -337,7 +214,7 @@ class Scanner:
     def error_verdict(self, path: str | Path, reason: str) -> Verdict:
         """An `error` verdict for `path` (a file or URL, kept as given) that says `reason`, with this
         scanner's model, threshold, engine and warnings: for input refused before or outside `scan`."""
-        return self._verdict(path, _ScanState(), label="error", error=reason)
+        return self._verdict(path, ScanState(), label="error", error=reason)
 
     def internal_error_verdict(self, path: str | Path, error: BaseException) -> Verdict:
         """An `error` verdict for a failure of the scanner itself (see the module docstring)."""
@@ -362,7 +239,7 @@ class Scanner:
                 f"video too long: {info.duration_s:.1f} s exceeds the limit of {self.options.max_duration_s:.0f} s"
             )
 
-    def _score_stream(self, stream: VideoStream, state: _ScanState, progress: ProgressCallback | None) -> None:
+    def _score_stream(self, stream: VideoStream, state: ScanState, progress: ProgressCallback | None) -> None:
         tracker = IouTracker()
         total = expected_samples(stream.info, self.sampling)
         first_decoder = state.decoder = stream.backend
@@ -381,7 +258,7 @@ class Scanner:
         batches: Iterator[FrameBatch],
         tracker: IouTracker,
         total: int,
-        state: _ScanState,
+        state: ScanState,
         progress: ProgressCallback | None,
     ) -> None:
         for batch in self._timed_batches(batches, state):
@@ -399,7 +276,7 @@ class Scanner:
                 progress(state.counts.frames_decoded, total)
         self._infer_pending(state, keep_remainder=False)
 
-    def _timed_batches(self, batches: Iterator[FrameBatch], state: _ScanState) -> Iterator[FrameBatch]:
+    def _timed_batches(self, batches: Iterator[FrameBatch], state: ScanState) -> Iterator[FrameBatch]:
         """`batches`, adding the time spent waiting for each to `decode_s` (with prefetch: the decode
         time not hidden behind detection and scoring)."""
         while True:
@@ -411,14 +288,14 @@ class Scanner:
             yield batch
 
     def _faces_in(
-        self, batch: FrameBatch, tracker: IouTracker, state: _ScanState
-    ) -> tuple[torch.Tensor, list[_FaceMeta]]:
+        self, batch: FrameBatch, tracker: IouTracker, state: ScanState
+    ) -> tuple[torch.Tensor, list[FaceMeta]]:
         """Detect, track and crop the faces of one chunk of frames."""
         started = time.perf_counter()
         detections = self.detector.detect(batch.frames)
         positions: list[int] = []
         boxes: list[torch.Tensor] = []
-        meta: list[_FaceMeta] = []
+        meta: list[FaceMeta] = []
         for position, (found, index, timestamp) in enumerate(
             zip(detections, batch.indices, batch.timestamps_s, strict=True)
         ):
@@ -426,7 +303,7 @@ class Scanner:
             track_ids = tracker.update(index, timestamp, found.boxes)
             positions.extend([position] * len(track_ids))
             boxes.append(found.boxes.to(torch.float32))
-            meta.extend(_FaceMeta(track_id, index, timestamp) for track_id in track_ids)
+            meta.extend(FaceMeta(track_id, index, timestamp) for track_id in track_ids)
         if state.evidence is not None and meta:
             state.evidence.attach(batch.frames, positions, torch.cat(boxes), meta)
         _synchronize(self.device)
@@ -446,7 +323,7 @@ class Scanner:
         state.counts.faces += len(meta)
         return crops, meta
 
-    def _infer_pending(self, state: _ScanState, *, keep_remainder: bool) -> None:
+    def _infer_pending(self, state: ScanState, *, keep_remainder: bool) -> None:
         """Score pending crops in whole batches; the remainder waits for more faces unless flushing."""
         count = state.pending
         ready = count - count % self.batch_size if keep_remainder else count
@@ -478,7 +355,7 @@ class Scanner:
     def _verdict(
         self,
         path: str | Path,
-        state: _ScanState,
+        state: ScanState,
         *,
         label: VerdictLabel,
         score: float | None = None,
@@ -503,47 +380,6 @@ class Scanner:
             error=error,
             warnings=self.warnings + state.warnings,
         )
-
-
-def _note_damage(stats: DecodeStats, state: _ScanState) -> None:
-    """What the decoder got past (rejected packets, corrupt or missing frames, repeated timestamps,
-    reduced size) goes into the verdict's counts and warnings."""
-    state.counts.rejected_packets = stats.rejected_packets
-    state.counts.corrupt_frames = stats.corrupt_frames
-    state.counts.missing_frames = stats.missing_frames
-    state.counts.repeated_timestamps = stats.repeated_timestamps
-    state.warnings.extend(stats.warnings())
-
-
-def _detector_settings(options: ScanOptions) -> tuple[object, ...]:
-    """The options the face detector is built from; a change in any of them needs a new detector."""
-    score = options.min_face_score if options.detector == "yolo" else None
-    return (options.detector, options.yolo_weights, options.min_face_size, score, options.detect_max_side)
-
-
-def _build_detector(options: ScanOptions, device: torch.device) -> FaceDetector:
-    return build_detector(
-        options.detector,
-        device,
-        yolo_weights=options.yolo_weights,
-        min_face_size=options.min_face_size,
-        yolo_conf=options.min_face_score,
-        max_side=options.detect_max_side,
-    )
-
-
-def _random_model(preset: str) -> RALF:
-    """A RALF with seeded random weights: meaningless, but the same in every process and run."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_WEIGHTS_SEED)
-        return RALF(RALFConfig.from_preset(preset)).eval()
-
-
-def _resolve_device(options: ScanOptions) -> torch.device:
-    device = torch.device(options.resolved_device())
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but no CUDA GPU is available (use --device cpu or auto)")
-    return device
 
 
 def _synchronize(device: torch.device) -> None:

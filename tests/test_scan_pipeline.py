@@ -7,20 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.decode import DaliDecodeError, Sampling, VideoInfo
-from pipeline import scan as scan_module
+from pipeline import loading as loading_module
+from pipeline.decode import DaliDecodeError, VideoInfo
 from pipeline.decode.dali import DaliFrameSource
+from pipeline.decode.sampling import expected_samples
 from pipeline.engine import InferenceOutOfMemory
-from pipeline.options import ScanOptions
-from pipeline.scan import (
-    RANDOM_WEIGHTS_WARNING,
-    UNCALIBRATED_THRESHOLD_SOURCE,
-    Scanner,
-    expected_samples,
-)
+from pipeline.scan import RANDOM_WEIGHTS_WARNING, Scanner
 from ralf.config import RALFConfig
+from ralf.core.decision import UNCALIBRATED_THRESHOLD_SOURCE
+from ralf.core.metadata import Calibration, WeightsMetadata
+from ralf.core.options import Sampling, ScanOptions
 from ralf.model import RALF
-from ralf.weights import Calibration, WeightsMetadata, save_weights
+from ralf.weights import save_weights
 
 # 24 frames at 160x120: the face moves ~1/24 of its path between frames, so every sampled
 # frame overlaps the previous one and one track is expected.
@@ -286,7 +284,7 @@ def _forbid_loading(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("with_options loaded something it should have shared")
 
     for name in ("load_weights", "_random_model", "build_detector", "load_engine"):
-        monkeypatch.setattr(scan_module, name, forbidden)
+        monkeypatch.setattr(loading_module, name, forbidden)
 
 
 def test_with_options_shares_the_model_and_matches_a_fresh_scanner(

@@ -1,4 +1,5 @@
-"""Which decoded frames to keep: every N-th, a target rate, or at most K spread over the video.
+"""Which decoded frames to keep (`ralf.core.options.Sampling`): every N-th, a target rate, or at most K
+spread over the video.
 
 The decision is made frame by frame from (index, timestamp) alone, so it streams with
 constant memory and is identical for every backend.
@@ -9,30 +10,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from ralf.core.options import Sampling
+
+if TYPE_CHECKING:
+    from pipeline.decode.types import VideoInfo
 
 logger = logging.getLogger(__name__)
 
 # Timestamps come from rational pts; this absorbs float rounding at slot boundaries.
 _TIME_EPS = 1e-6
-
-
-class Sampling(BaseModel):
-    """At most one of the three modes; none set keeps every frame."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    every_n: int | None = Field(None, ge=1, description="Keep frames 0, n, 2n, ...")
-    target_fps: float | None = Field(None, gt=0, description="Keep the first frame in each 1/fps slot")
-    max_frames: int | None = Field(None, ge=1, description="At most K frames evenly over the whole video")
-
-    @model_validator(mode="after")
-    def _at_most_one_mode(self) -> Sampling:
-        chosen = [name for name in ("every_n", "target_fps", "max_frames") if getattr(self, name) is not None]
-        if len(chosen) > 1:
-            raise ValueError(f"choose at most one frame sampling mode, got {chosen}")
-        return self
 
 
 class FrameSelector:
@@ -92,3 +80,20 @@ def select_frames(
     """Indices kept out of frames with these presentation times (for planning and tests)."""
     selector = FrameSelector(sampling, duration_s=duration_s, num_frames=num_frames)
     return [i for i, t in enumerate(timestamps_s) if selector.keep(i, t)]
+
+
+def expected_samples(info: VideoInfo, sampling: Sampling) -> int:
+    """How many frames `sampling` keeps from a video like `info` (an estimate; 0 when unknown)."""
+    frames = info.num_frames
+    if frames is None and info.duration_s is not None:
+        frames = round(info.duration_s * info.fps)
+    if not frames:
+        return 0
+    if sampling.every_n is not None:
+        return math.ceil(frames / sampling.every_n)
+    if sampling.target_fps is not None:
+        duration = info.duration_s if info.duration_s is not None else frames / info.fps
+        return min(frames, max(1, math.ceil(duration * sampling.target_fps)))
+    if sampling.max_frames is not None:
+        return min(frames, sampling.max_frames)
+    return frames
