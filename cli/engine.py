@@ -11,14 +11,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from cli.app import app
-from pipeline.options import AggregationName, DecoderName, DetectorName, DeviceName, EngineName, ScanOptions
-from worker.settings import Settings
+from cli.common import (
+    AggregationFlag,
+    BatchSizeFlag,
+    DecoderFlag,
+    DetectorFlag,
+    DeviceFlag,
+    EngineFlag,
+    EveryNFlag,
+    FpsFlag,
+    MaxFramesFlag,
+    fail,
+    load_settings,
+    scan_options,
+)
+from ralf.core.device import resolve_device
 
 if TYPE_CHECKING:
     from trainer.calibrate import CalibrationResult
@@ -31,12 +43,6 @@ LevelName = Literal["frame", "video"]
 
 out = Console()
 err = Console(stderr=True)
-EXIT_ERROR = 2
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {escape(message)}")
-    return typer.Exit(EXIT_ERROR)
 
 
 @app.command("export")
@@ -69,21 +75,22 @@ def export_command(
     --precision bf16` builds nothing: it measures eager bf16 (parity on face crops, speed), which is
     what lets 'auto' run it.
     """
-    from pipeline.compiled import EngineUnavailable, default_precision, export_engine, read_sidecar, tensorrt_available
-    from ralf.weights import WeightsError
+    from pipeline.artifacts import read_sidecar, tensorrt_available
+    from pipeline.export import EngineUnavailable, default_precision, export_engine
+    from ralf.core.metadata import WeightsError
 
     chosen = engine if engine != "auto" else ("tensorrt" if tensorrt_available() else "compile")
     target = device or ("cuda" if chosen == "tensorrt" else None)
     out.print(
         f"exporting [bold]{chosen}[/bold] engine of {escape(str(weights))} "
-        f"({precision or default_precision(chosen, target or _default_device())}, batch 1..{max_batch}); "
+        f"({precision or default_precision(chosen, target or resolve_device())}, batch 1..{max_batch}); "
         "compiling can take minutes"
     )
     started = time.perf_counter()
     try:
         sidecar = export_engine(weights, chosen, precision, max_batch, out_dir, target, parity_crops)
     except (EngineUnavailable, WeightsError, ValueError, RuntimeError) as error:
-        raise _fail(str(error)) from None
+        fail(str(error))
     info = read_sidecar(sidecar)
     table = Table(title=f"exported in {time.perf_counter() - started:.0f} s", show_header=False)
     artifact = sidecar.parent / info.artifact if info.artifact else None
@@ -111,22 +118,6 @@ def export_command(
     out.print(table)
 
 
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _scan_options(overrides: dict[str, object]) -> ScanOptions:
-    given = {name: value for name, value in overrides.items() if value is not None}
-    if sum(name in given for name in ("target_fps", "every_n", "max_frames")) > 1:
-        raise _fail("choose at most one of --fps, --every-n, --max-frames")
-    try:
-        return Settings().scan_options(**given)
-    except ValidationError as error:
-        raise _fail(f"invalid options or RALF_* settings: {error}") from None
-
-
 @app.command("calibrate")
 def calibrate_command(
     weights: Annotated[Path, typer.Argument(help="RALF weights (.safetensors); calibration is written into them")],
@@ -144,15 +135,15 @@ def calibrate_command(
         int | None, typer.Option(min=1, help="Fewest usable real and fake samples accepted [default: 5]")
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report only; leave the weights unchanged")] = False,
-    device: Annotated[DeviceName | None, typer.Option(help="auto | cpu | cuda")] = None,
-    engine: Annotated[EngineName | None, typer.Option(help="auto | tensorrt | compile | eager")] = None,
-    decoder: Annotated[DecoderName | None, typer.Option(help="auto | dali | pyav (video files)")] = None,
-    detector: Annotated[DetectorName | None, typer.Option(help="mtcnn | yolo (video files)")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Face crops per model forward")] = None,
-    fps: Annotated[float | None, typer.Option(min=0.001, help="Sampled frames per second (video files)")] = None,
-    every_n: Annotated[int | None, typer.Option(min=1, help="Sample every n-th frame instead")] = None,
-    max_frames: Annotated[int | None, typer.Option(min=1, help="Sample at most this many frames, evenly")] = None,
-    aggregation: Annotated[AggregationName | None, typer.Option(help="mean | topk | median (video level)")] = None,
+    device: DeviceFlag = None,
+    engine: EngineFlag = None,
+    decoder: DecoderFlag = None,
+    detector: DetectorFlag = None,
+    batch_size: BatchSizeFlag = None,
+    fps: FpsFlag = None,
+    every_n: EveryNFlag = None,
+    max_frames: MaxFramesFlag = None,
+    aggregation: AggregationFlag = None,
 ) -> None:
     """Choose the decision threshold on labelled validation data and store it in the weights' metadata.
 
@@ -161,24 +152,17 @@ def calibrate_command(
     The threshold is the ROC point with the largest TPR whose FPR <= target, or the EER point.
     """
     if use_eer and target_fpr is not None:
-        raise _fail("choose either --target-fpr or --eer")
-    from ralf.weights import WeightsError
-    from trainer.calibrate import MIN_PER_CLASS, CalibrationError, calibrate, plot_roc, save_calibration
+        fail("choose either --target-fpr or --eer")
+    from ralf.core.metadata import WeightsError
+    from trainer.calibrate import MIN_PER_CLASS, calibrate, save_calibration
     from trainer.layouts import DatasetLayoutError
+    from trainer.roc_plot import plot_roc
+    from trainer.thresholds import CalibrationError
 
-    options = _scan_options(
-        {
-            "device": device,
-            "engine": engine,
-            "decoder": decoder,
-            "detector": detector,
-            "batch_size": batch_size,
-            "target_fps": fps,
-            "every_n": every_n,
-            "max_frames": max_frames,
-            "aggregation": aggregation,
-        }
-    )
+    options = scan_options(
+        load_settings(), device=device, engine=engine, decoder=decoder, detector=detector, batch_size=batch_size,
+        target_fps=fps, every_n=every_n, max_frames=max_frames, aggregation=aggregation,
+    )  # fmt: skip
     try:
         result = calibrate(
             weights,
@@ -192,14 +176,14 @@ def calibrate_command(
             show_progress=err.is_terminal,
         )
     except (CalibrationError, DatasetLayoutError, WeightsError) as error:
-        raise _fail(str(error)) from None
+        fail(str(error))
     except ValueError as error:  # unreadable crop images, scanner set-up problems
-        raise _fail(str(error)) from None
+        fail(str(error))
     if not dry_run:
         save_calibration(weights, result.calibration)
     out.print(_result_table(result, weights, written=not dry_run))
     if roc is not None:
-        out.print(f"ROC curve: {escape(str(plot_roc(result, roc)))}")
+        out.print(f"ROC curve: {escape(str(plot_roc(result.roc(), roc)))}")
     for name, reason in result.excluded:
         out.print(f"[yellow]left out[/yellow] {escape(name)}: {escape(reason)}")
     for warning in result.warnings:

@@ -13,13 +13,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from cli.app import app
+from cli.common import EXIT_ERROR
 
 # The networks and the importer load inside the command: other ralf-cli commands start without torch.
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
-
-EXIT_OK, EXIT_ERROR = 0, 2
 
 
 @app.command("import-weights")

@@ -1,4 +1,4 @@
-"""Queue commands: `enqueue`, `status`, `result`, `jobs`, `worker`, `config`."""
+"""Queue commands: `enqueue`, `status`, `result`, `jobs`, `worker`."""
 
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from cli.app import app
-from pipeline.options import AggregationName
+from cli.common import EXIT_ERROR, load_settings
 from pipeline.verdict import Verdict
+from ralf.core.options import AggregationName
+from ralf.core.settings import Priority, Settings, WorkerMode
 from worker.jobs import ScanOverrides, describe_validation_error
 from worker.queue import (
     EnqueuedJob,
@@ -35,7 +37,6 @@ from worker.queue import (
     list_jobs,
     model_version,
 )
-from worker.settings import Priority, Settings, WorkerMode
 from worker.sources import SourceRefused
 from worker.webhooks import CallbackRefused, check_callback_url, job_deliveries
 
@@ -43,14 +44,6 @@ out = Console()
 err = Console(stderr=True)
 
 _DONE = {JobStatus.FINISHED.value, JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value}
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        err.print(f"[red]invalid RALF_* settings:[/red] {escape(describe_validation_error(exc))}")
-        raise typer.Exit(2) from None
 
 
 def _print_json(value: Any) -> None:
@@ -86,21 +79,21 @@ def enqueue(
     ] = None,
 ) -> None:
     """Put one scan job per video on the queue and print the job ids (the same video twice gives the same job)."""
-    settings = _settings()
+    settings = load_settings()
     callback = callback or settings.callback_url
     if callback is not None:
         try:
             check_callback_url(callback, settings)
         except CallbackRefused as exc:
             err.print(f"[red]{escape(str(exc))}[/red]")
-            raise typer.Exit(2) from None
+            raise typer.Exit(EXIT_ERROR) from None
     try:
         overrides = ScanOverrides(
             every_n=every_n, target_fps=target_fps, max_frames=max_frames, aggregation=aggregation
         )
     except ValidationError as exc:
         err.print(f"[red]invalid scan options:[/red] {escape(describe_validation_error(exc))}")
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_ERROR) from None
     connection = connect(settings)
     accepted: list[EnqueuedJob] = []
     refused: list[dict[str, str]] = []
@@ -108,7 +101,7 @@ def enqueue(
         version = model_version(settings)
     except EnqueueRefused as exc:
         err.print(f"[red]{escape(str(exc))}[/red]")
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_ERROR) from None
     redis_error: RedisError | None = None
     # Every input is answered: enqueued, refused with the reason, or (Redis gone) not tried; what was
     # enqueued before a failure is still printed.
@@ -154,7 +147,7 @@ def enqueue(
     if redis_error is not None:
         raise _redis_failure(redis_error, settings)
     if refused:
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_ERROR)
     if failed:
         raise typer.Exit(1)
 
@@ -262,7 +255,7 @@ def status(
 ) -> None:
     """Where a job stands: queued, started (with progress), finished, failed (with the reason), and its
     webhook deliveries (receiver host, state, attempts, last error)."""
-    settings = _settings()
+    settings = load_settings()
     job = _load_job(job_id, settings)
     state = job_state(job)
     deliveries = [vars(d) for d in job_deliveries(job.connection, settings, job.id, job.created_at)]
@@ -285,7 +278,7 @@ def result(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The verdict of a finished job (exit 5 while it is not finished, 1 if it failed)."""
-    settings = _settings()
+    settings = load_settings()
     job = _load_job(job_id, settings)
     state = job_state(job)
     if state.status != JobStatus.FINISHED.value:
@@ -311,7 +304,7 @@ def jobs(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Jobs on the three queues: queued, running, waiting for a retry, finished and failed."""
-    settings = _settings()
+    settings = load_settings()
     try:
         states = list_jobs(connect(settings), settings, failed=failed)
     except RedisError as exc:
@@ -352,7 +345,7 @@ def worker_command(
     """
     from worker.workers import ScanWorker  # deferred: imports torch
 
-    settings = _settings()
+    settings = load_settings()
     connection = connect(settings)
     try:
         scan_worker = ScanWorker(
@@ -371,45 +364,4 @@ def worker_command(
         raise _redis_failure(exc, settings) from None
     except ValueError as exc:  # setup problems: weights or detector files missing, CUDA absent
         err.print(f"[red]cannot start the worker:[/red] {exc}")
-        raise typer.Exit(2) from None
-
-
-@app.command()
-def config(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Show the effective settings (RALF_* environment variables) and the scan options they give."""
-    settings = _settings()
-    values = settings.model_dump(mode="json")
-    options = settings.scan_options().model_dump(mode="json")
-    engine = _engine_preview(settings)
-    if as_json:
-        _print_json({"settings": values, "scan_options": options, "engine_choice": engine})
-        return
-    table = Table("variable", "value", "meaning", title="RALF settings")
-    for name, field in Settings.model_fields.items():
-        table.add_row(f"RALF_{name.upper()}", json.dumps(values[name]), field.description or "")
-    out.print(table)
-    scan = Table("option", "value", title="Scan options workers use")
-    for name, value in options.items():
-        scan.add_row(name, json.dumps(value))
-    out.print(scan)
-    choice = Table("", "", title="Inference engine workers would use (checked again when they load it)", show_header=False)
-    choice.add_row("engine", escape(str(engine.get("engine") or "-")))
-    choice.add_row("why", escape(str(engine.get("why", ""))))
-    for line in engine.get("passed_over", []) or []:
-        choice.add_row("passed over", escape(str(line)))
-    for line in engine.get("warnings", []) or []:
-        choice.add_row("warning", escape(str(line)))
-    out.print(choice)
-
-
-def _engine_preview(settings: Settings) -> dict[str, object]:
-    """`pipeline.compiled.preview_engine` for the workers' weights and options (imports torch)."""
-    from ralf.shipped import ShippedWeightsMissing
-
-    try:
-        weights = settings.model_weights()
-    except ShippedWeightsMissing as error:
-        return {"engine": "", "why": str(error), "passed_over": [], "warnings": []}
-    from pipeline.compiled import preview_engine
-
-    return preview_engine(weights, settings.scan_options())
+        raise typer.Exit(EXIT_ERROR) from None

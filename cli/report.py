@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from cli.app import app
+from cli.common import EXIT_ERROR, load_settings
 from pipeline.report import ReportItem, render_report
 from pipeline.verdict import Verdict
 from worker.jobs import describe_validation_error
@@ -70,13 +71,8 @@ def _from_job(job_id: str, override: Path | None) -> list[ReportItem]:
     from rq.job import JobStatus
 
     from worker.queue import JobNotFound, connect, fetch_job, job_state, job_verdict
-    from worker.settings import Settings
 
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        err.print(f"[red]invalid RALF_* settings:[/red] {escape(describe_validation_error(exc))}")
-        raise typer.Exit(2) from None
+    settings = load_settings()
     try:
         job = fetch_job(connect(settings), job_id)
         state = job_state(job)
@@ -126,12 +122,12 @@ def report(
             verdicts = []
     except ReportInputError as exc:
         err.print(f"[red]{escape(str(exc))}[/red]")
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_ERROR) from None
     if verdicts:
         items = [ReportItem(v, _evidence_folder(v, evidence_dir, None)) for v in verdicts]
     elif Path(source).suffix.lower() in (".json", ".jsonl", ".txt") or "/" in source:
         err.print(f"[red]no such file: {escape(source)}[/red]")
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_ERROR)
     else:
         items = _from_job(source, evidence_dir)
     try:
@@ -139,5 +135,5 @@ def report(
         output.write_text(render_report(items), encoding="utf-8")
     except OSError as exc:
         err.print(f"[red]cannot write {escape(str(output))}:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_ERROR) from None
     typer.echo(str(output))

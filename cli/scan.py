@@ -13,10 +13,9 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 from rich import box
 from rich.console import Console
 from rich.markup import escape
@@ -24,12 +23,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.app import app
-from pipeline.options import AggregationName, DecoderName, DetectorName, DeviceName, PrecisionRequest, ScanOptions
+from cli.common import (
+    EXIT_ERROR,
+    AggregationFlag,
+    BatchSizeFlag,
+    DecoderFlag,
+    DetectorFlag,
+    DeviceFlag,
+    EveryNFlag,
+    FpsFlag,
+    MaxFramesFlag,
+    PrecisionFlag,
+    YoloWeightsFlag,
+    load_settings,
+    scan_options,
+)
 from pipeline.synthetic import write_face_clip
 from pipeline.verdict import Verdict, verdict_json_schema
+from ralf.core.options import DeviceName, ScanOptions
+from ralf.core.settings import Settings
 from ralf.shipped import resolve_weights
-from worker.jobs import describe_validation_error
-from worker.settings import Settings
 
 if TYPE_CHECKING:  # the pipeline (and torch) load when a command scans, not when `ralf-cli` starts
     from pipeline.scan import ProgressCallback, Scanner
@@ -37,7 +50,7 @@ if TYPE_CHECKING:  # the pipeline (and torch) load when a command scans, not whe
 out = Console()
 err = Console(stderr=True)
 
-EXIT_CLEAN, EXIT_FAKE, EXIT_ERROR = 0, 1, 2
+EXIT_CLEAN, EXIT_FAKE = 0, 1  # and EXIT_ERROR (2): an error outranks a fake
 _LABEL_STYLE = {"fake": "bold red", "real": "green", "no_face": "yellow", "error": "bold magenta"}
 # Progress bars appear only for videos with at least this many sampled frames.
 _PROGRESS_MIN_FRAMES = 64
@@ -201,25 +214,6 @@ def scan_all(
     return verdicts
 
 
-def _scan_options(settings: Settings, overrides: dict[str, Any]) -> ScanOptions:
-    given = {name: value for name, value in overrides.items() if value is not None}
-    sampling = [name for name in ("target_fps", "every_n", "max_frames") if name in given]
-    if len(sampling) > 1:
-        raise typer.BadParameter("choose at most one of --fps, --every-n, --max-frames")
-    try:
-        return settings.scan_options(**given)
-    except ValidationError as exc:
-        raise typer.BadParameter(describe_validation_error(exc)) from None
-
-
-def _load_settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        err.print(f"[red]invalid RALF_* settings:[/red] {escape(describe_validation_error(exc))}")
-        raise typer.Exit(EXIT_ERROR) from None
-
-
 def _chosen_weights(weights: Path | None, random_weights: bool, settings: Settings) -> Path | None:
     """The weights named on the command line, a random model asked for there, else what the
     settings say (RALF_WEIGHTS, RALF_RANDOM_WEIGHTS, else the shipped model). Exit 2 if missing."""
@@ -258,21 +252,16 @@ def scan(
     random_weights: Annotated[
         bool, typer.Option("--random-weights", help="A seeded random model instead (pipeline checks only)")
     ] = False,
-    device: Annotated[DeviceName | None, typer.Option(help="auto | cpu | cuda [default: $RALF_DEVICE or auto]")] = None,
-    decoder: Annotated[DecoderName | None, typer.Option(help="auto | dali | pyav [default: auto]")] = None,
-    detector: Annotated[DetectorName | None, typer.Option(help="mtcnn | yolo [default: mtcnn]")] = None,
-    yolo_weights: Annotated[Path | None, typer.Option(help="Local YOLO face weights (.pt) for --detector yolo")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Face crops per model forward [default: per device and model preset]")] = None,
-    precision: Annotated[
-        PrecisionRequest | None,
-        typer.Option(help="auto (fastest exported engine within its measured parity, else fp32) | fp32 | bf16 | fp16"),
-    ] = None,
-    fps: Annotated[float | None, typer.Option(min=0.001, help="Sample this many frames per second [default: 2]")] = None,
-    every_n: Annotated[int | None, typer.Option(min=1, help="Sample every n-th frame instead")] = None,
-    max_frames: Annotated[int | None, typer.Option(min=1, help="Sample at most this many frames, evenly")] = None,
-    aggregation: Annotated[
-        AggregationName | None, typer.Option(help="Track score from frame scores: mean | topk | median [default: mean]")
-    ] = None,
+    device: DeviceFlag = None,
+    decoder: DecoderFlag = None,
+    detector: DetectorFlag = None,
+    yolo_weights: YoloWeightsFlag = None,
+    batch_size: BatchSizeFlag = None,
+    precision: PrecisionFlag = None,
+    fps: FpsFlag = None,
+    every_n: EveryNFlag = None,
+    max_frames: MaxFramesFlag = None,
+    aggregation: AggregationFlag = None,
     preset: Annotated[
         str | None, typer.Option(help="Model preset of the random model (tiny | lite | paper), with --random-weights")
     ] = None,
@@ -287,22 +276,12 @@ def scan(
     ] = None,
 ) -> None:
     """Scan videos in this process and print a verdict per video (exit 0 clean, 1 fake found, 2 error)."""
-    settings = _load_settings()
-    options = _scan_options(
-        settings,
-        {
-            "device": device,
-            "decoder": decoder,
-            "detector": detector,
-            "yolo_weights": yolo_weights,
-            "batch_size": batch_size,
-            "precision": precision,
-            "target_fps": fps,
-            "every_n": every_n,
-            "max_frames": max_frames,
-            "aggregation": aggregation,
-        },
-    )
+    settings = load_settings()
+    options = scan_options(
+        settings, device=device, decoder=decoder, detector=detector, yolo_weights=yolo_weights,
+        batch_size=batch_size, precision=precision, target_fps=fps, every_n=every_n, max_frames=max_frames,
+        aggregation=aggregation,
+    )  # fmt: skip
     chosen = _chosen_weights(weights, random_weights, settings)
     scanner = _build_scanner(options, chosen, preset or settings.random_preset)
     verdicts = scan_all(scanner, paths, show_progress=err.is_terminal, evidence_root=evidence)
@@ -352,7 +331,7 @@ def demo(
     Needs no GPU and no download: the clips are made from scikit-image's astronaut photo and scanned
     with the shipped model. Exit 0 when the real clip comes out real and the fake one fake.
     """
-    settings = _load_settings()
+    settings = load_settings()
     real, fake = write_demo_clips(demo_dir())
     chosen = _chosen_weights(weights, random_weights, settings)
     scanner = _build_scanner(ScanOptions(device=device, every_n=1), chosen, "tiny")

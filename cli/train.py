@@ -10,32 +10,25 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from cli.app import app
+from cli.common import fail
+from ralf.core.options import MIN_FACE_SCORE, MIN_FACE_SIZE
 from trainer.layouts import FFPP_METHODS, LAYOUTS
 
 # The trainer and the networks load inside the commands, so that other commands (enqueue, status)
 # start without importing torch.
 
 out = Console(soft_wrap=True)
-err = Console(stderr=True)
-EXIT_ERROR = 2
 # Errors a user can act on, printed as one message without a traceback: every error type of the
 # trainer, the weights loaders and the face detector derives from ValueError.
 USER_ERRORS = (ValueError, FileNotFoundError)
-
-
-def fail(message: str) -> NoReturn:
-    # soft_wrap: paths in messages stay whole (copyable), whatever the terminal width.
-    err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_ERROR)
 
 
 def validation_message(error: ValidationError) -> str:
@@ -64,8 +57,8 @@ def prepare(
     compression: Annotated[str, typer.Option(help="FF++ quality folder: raw | c23 | c40")] = "c23",
     methods: Annotated[str, typer.Option(help="FF++ manipulations, comma separated")] = ",".join(FFPP_METHODS),
     splits_dir: Annotated[Path | None, typer.Option(help="FF++ train/val/test.json folder (default SRC/splits or SRC)")] = None,
-    min_face_size: Annotated[int, typer.Option(help="Smallest face side in pixels (scan uses 40)")] = 40,
-    min_score: Annotated[float, typer.Option(help="Ignore faces the detector scores lower")] = 0.9,
+    min_face_size: Annotated[int, typer.Option(help="Smallest face side in pixels (as scan)")] = MIN_FACE_SIZE,
+    min_score: Annotated[float, typer.Option(help="Ignore faces the detector scores lower (as scan)")] = MIN_FACE_SCORE,
     device: Annotated[str, typer.Option(help="cpu | cuda (face detection)")] = "cpu",
     decoder: Annotated[str, typer.Option(help="auto | dali | pyav")] = "auto",
 ) -> None:
@@ -312,7 +305,7 @@ def evaluate(
     false-positive rates per group of people."""
     from trainer.distortions import DISTORTIONS
     from trainer.evaluate import evaluate as run_evaluation
-    from trainer.evaluate import plot_roc
+    from trainer.roc_plot import plot_roc
 
     if distortion is not None:
         _choice(distortion, DISTORTIONS, "--distortion")
@@ -326,7 +319,7 @@ def evaluate(
             progress=progress and not as_json, fakes=fakes, groups=groups,
         )  # fmt: skip
         if roc is not None:
-            plot_roc(report, roc)
+            plot_roc(report.roc(), roc)
     except USER_ERRORS as error:
         fail(str(error))
     if as_json:
