@@ -1,5 +1,5 @@
 """What the command modules share: the error exit code, one way to fail with a reason, loading the
-RALF_* settings, and the scan flags (declared once here; `scan` and `calibrate` both take them)."""
+RALF_* settings, and the scan flags (declared once here; `scan`, `calibrate` and `enqueue` take them)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def load_settings() -> Settings:
         raise typer.Exit(EXIT_ERROR) from None
 
 
-# The scan flags; unset (None) leaves the RALF_* setting, else ScanOptions' default.
+# The scan flags; unset (None) leaves the RALF_* setting (a worker's, for enqueue), else ScanOptions' default.
 DeviceFlag = Annotated[DeviceName | None, typer.Option(help="auto | cpu | cuda [default: $RALF_DEVICE or auto]")]
 DecoderFlag = Annotated[DecoderName | None, typer.Option(help="auto | dali | pyav [default: auto]")]
 DetectorFlag = Annotated[DetectorName | None, typer.Option(help="mtcnn | retinaface | yolo [default: mtcnn]")]

@@ -18,9 +18,8 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from cli.app import app
-from cli.common import EXIT_ERROR, load_settings
+from cli.common import EXIT_ERROR, AggregationFlag, EveryNFlag, FpsFlag, MaxFramesFlag, load_settings
 from pipeline.verdict import Verdict
-from ralf.core.options import AggregationName
 from ralf.core.settings import Priority, Settings, WorkerMode
 from worker.jobs import ScanOverrides, describe_validation_error
 from worker.queue import (
@@ -64,10 +63,10 @@ def enqueue(
     force: Annotated[
         bool, typer.Option("--force", help="Scan again even if already enqueued (also redoes a failed job)")
     ] = False,
-    every_n: Annotated[int | None, typer.Option(min=1, help="Sample every n-th frame")] = None,
-    target_fps: Annotated[float | None, typer.Option(min=0.001, help="Sample this many frames per second")] = None,
-    max_frames: Annotated[int | None, typer.Option(min=1, help="Sample at most this many frames")] = None,
-    aggregation: Annotated[AggregationName | None, typer.Option(help="Frame-to-track score aggregation")] = None,
+    every_n: EveryNFlag = None,
+    target_fps: FpsFlag = None,
+    max_frames: MaxFramesFlag = None,
+    aggregation: AggregationFlag = None,
     wait_timeout: Annotated[float, typer.Option(help="Give up waiting after this many seconds")] = 24 * 3600.0,
     callback: Annotated[
         str | None,
