@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ralf.core.device import DeviceUnavailable, resolve_device
 from trainer.config import TrainConfig
 
 T = TypeVar("T")
@@ -86,9 +87,10 @@ def setup_runtime(config: TrainConfig) -> Runtime:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    want_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-    if want_cuda and not torch.cuda.is_available():
-        raise TrainingError("--device cuda requested but CUDA is not available")
+    try:
+        want_cuda = resolve_device(config.device) != "cpu"
+    except DeviceUnavailable:
+        raise TrainingError("--device cuda requested but CUDA is not available") from None
     if want_cuda:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
