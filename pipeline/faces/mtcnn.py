@@ -28,7 +28,7 @@ from torchvision.ops import batched_nms, box_area, roi_align
 
 from pipeline.faces.mtcnn_nets import ONet, PNet, RNet, load_keras_arrays
 from pipeline.faces.mtcnn_weights import load_net_arrays
-from pipeline.faces.types import Detections, FaceDetectorError, detect_in_passes
+from pipeline.faces.types import Detections, FaceDetectorError, detect_in_passes, split_by_frame
 from pipeline.faces.working import downscale_frames, to_frame_pixels, working_scale, working_size
 
 SCALE_FACTOR = 0.709
@@ -202,14 +202,7 @@ class MtcnnDetector(nn.Module):
         if boxes.shape[0]:
             boxes, scores, frame_ids, landmarks = self._output(images, boxes, frame_ids)
 
-        limits = torch.tensor([width, height, width, height], dtype=boxes.dtype, device=self.device)
-        boxes = torch.minimum(boxes.clamp(min=0), limits)
-        results = []
-        for frame in range(count):
-            in_frame = torch.nonzero(frame_ids == frame).flatten()
-            in_frame = in_frame[torch.argsort(scores[in_frame], descending=True)]
-            results.append(Detections(boxes[in_frame], scores[in_frame], landmarks[in_frame]))
-        return results
+        return split_by_frame(boxes, scores, landmarks, frame_ids, count, (width, height))
 
     def _propose(
         self, pixels: torch.Tensor, min_face_size: float

