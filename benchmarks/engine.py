@@ -39,6 +39,7 @@ from pipeline.engine import EagerEngine
 from pipeline.engine_choice import load_engine
 from pipeline.export import InferenceGraph, export_engine, export_program
 from ralf.config import RALFConfig
+from ralf.core.device import resolve_device
 from ralf.core.options import ScanOptions
 from ralf.model import RALF
 from ralf.weights import save_weights
@@ -150,10 +151,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    device = torch.device(resolve_device(args.device))
     forms = args.forms if "eager" in args.forms else ["eager", *args.forms]
     torch.manual_seed(0)
     config = RALFConfig.from_preset(args.preset)
