@@ -15,7 +15,7 @@ from ralf.core.options import (
     SAMPLING_FIELDS,
     AggregationName,
     DecoderName,
-    DetectorName,
+    DetectorChoice,
     DeviceName,
     EngineName,
     PrecisionRequest,
@@ -49,7 +49,10 @@ def load_settings() -> Settings:
 # The scan flags; unset (None) leaves the RALF_* setting (a worker's, for enqueue), else ScanOptions' default.
 DeviceFlag = Annotated[DeviceName | None, typer.Option(help="auto | cpu | cuda [default: $RALF_DEVICE or auto]")]
 DecoderFlag = Annotated[DecoderName | None, typer.Option(help="auto | dali | pyav [default: auto]")]
-DetectorFlag = Annotated[DetectorName | None, typer.Option(help="mtcnn | retinaface | yolo [default: mtcnn]")]
+DetectorFlag = Annotated[
+    DetectorChoice | None,
+    typer.Option(help="auto | retinaface | mtcnn | yolo [default: auto: the one the weights were trained with]"),
+]
 YoloWeightsFlag = Annotated[Path | None, typer.Option(help="Local YOLO face weights (.pt) for --detector yolo")]
 EngineFlag = Annotated[EngineName | None, typer.Option(help="auto | tensorrt | compile | eager [default: auto]")]
 PrecisionFlag = Annotated[

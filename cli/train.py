@@ -19,7 +19,7 @@ from rich.table import Table
 
 from cli.app import app
 from cli.common import fail
-from ralf.core.options import MIN_FACE_SCORE, MIN_FACE_SIZE
+from ralf.core.options import DETECT_MAX_SIDE, PREPARE_DETECTOR, MIN_FACE_SCORE, MIN_FACE_SIZE
 from trainer.layouts import FFPP_METHODS, LAYOUTS
 
 # The trainer and the networks load inside the commands, so that other commands (enqueue, status)
@@ -57,16 +57,19 @@ def prepare(
     compression: Annotated[str, typer.Option(help="FF++ quality folder: raw | c23 | c40")] = "c23",
     methods: Annotated[str, typer.Option(help="FF++ manipulations, comma separated")] = ",".join(FFPP_METHODS),
     splits_dir: Annotated[Path | None, typer.Option(help="FF++ train/val/test.json folder (default SRC/splits or SRC)")] = None,
+    detector: Annotated[str, typer.Option(help="retinaface | mtcnn (the weights record it; scans then use it)")] = PREPARE_DETECTOR,
+    detect_max_side: Annotated[int, typer.Option(help="Long side faces are detected at (as scan; 0: full)")] = DETECT_MAX_SIDE,
     min_face_size: Annotated[int, typer.Option(help="Smallest face side in pixels (as scan)")] = MIN_FACE_SIZE,
     min_score: Annotated[float, typer.Option(help="Ignore faces the detector scores lower (as scan)")] = MIN_FACE_SCORE,
     device: Annotated[str, typer.Option(help="cpu | cuda (face detection)")] = "cpu",
     decoder: Annotated[str, typer.Option(help="auto | dali | pyav")] = "auto",
 ) -> None:
-    """Extract face crops for training: MTCNN on N evenly spaced frames per video; resumable."""
+    """Extract face crops for training: the scanner's detector on N evenly spaced frames per video; resumable."""
     from trainer.prepare import PrepareOptions
     from trainer.prepare import prepare as run_prepare
 
     layout = _choice(layout, LAYOUTS, "--layout")
+    detector = _choice(detector, ("retinaface", "mtcnn"), "--detector")
     layout_options: dict[str, object] = {}
     if layout == "ffpp":
         layout_options = {"compression": compression, "methods": tuple(m for m in methods.split(",") if m)}
@@ -77,7 +80,8 @@ def prepare(
     try:
         options = PrepareOptions(
             frames=frames, margin=margin, square=not stretch, still_padding=still_padding, size=size,
-            min_face_size=min_face_size, min_score=min_score, device=device, decoder=decoder,
+            detector=detector, detect_max_side=detect_max_side, min_face_size=min_face_size, min_score=min_score,
+            device=device, decoder=decoder,
         )
         summary = run_prepare(source, output, layout, options, layout_options)
     except ValidationError as error:

@@ -14,7 +14,7 @@ from pipeline.faces import FaceDetector, build_detector
 from ralf.config import RALFConfig
 from ralf.core.decision import Decision
 from ralf.core.metadata import CropGeometry
-from ralf.core.options import RANDOM_WEIGHTS_SEED, ScanOptions, random_model_version
+from ralf.core.options import RANDOM_WEIGHTS_SEED, DetectorName, ScanOptions, random_model_version
 from ralf.model import RALF
 from ralf.weights import load_weights
 
@@ -64,15 +64,21 @@ class LoadedEngine:
         return f"{options.engine}/{options.precision}" == self.kind and batch_size <= self.built_batch_size
 
 
-def detector_settings(options: ScanOptions) -> tuple[object, ...]:
+def resolve_detector(options: ScanOptions, crop: CropGeometry) -> DetectorName:
+    """The detector a scan runs: the one asked for, or for "auto" the one the weights' crops were cut with."""
+    return crop.trained_detector if options.detector == "auto" else options.detector
+
+
+def detector_settings(options: ScanOptions, crop: CropGeometry) -> tuple[object, ...]:
     """The options the face detector is built from; a change in any of them needs a new detector."""
-    score = options.min_face_score if options.detector == "yolo" else None
-    return (options.detector, options.yolo_weights, options.min_face_size, score, options.detect_max_side)
+    name = resolve_detector(options, crop)
+    score = options.min_face_score if name == "yolo" else None
+    return (name, options.yolo_weights, options.min_face_size, score, options.detect_max_side)
 
 
-def load_detector(options: ScanOptions, device: torch.device) -> FaceDetector:
+def load_detector(options: ScanOptions, crop: CropGeometry, device: torch.device) -> FaceDetector:
     return build_detector(
-        options.detector,
+        resolve_detector(options, crop),
         device,
         yolo_weights=options.yolo_weights,
         min_face_size=options.min_face_size,

@@ -77,7 +77,7 @@ class Scanner:
     ) -> None:
         device = torch.device(resolve_device(options.device))
         loaded = LoadedModel.load(weights, preset_if_random, device)
-        detector = load_detector(options, device)
+        detector = load_detector(options, loaded.crop, device)
         self._assemble(options, device, loaded, detector, LoadedEngine.load(loaded, options))
 
     def _assemble(
@@ -104,6 +104,12 @@ class Scanner:
         self.engine = engine.engine
         self.sampling = options.sampling
         self.warnings = ([RANDOM_WEIGHTS_WARNING] if self.weights_random else []) + engine.warnings
+        trained_on = loaded.crop.trained_detector
+        if not self.weights_random and trained_on != detector.name:
+            self.warnings.append(
+                f"the weights were trained on crops around {trained_on} face boxes; this scan detects with "
+                f"{detector.name}, which frames faces slightly differently: scores shift (--detector auto follows the weights)"
+            )
 
     def with_options(self, options: ScanOptions) -> Scanner:
         """A scanner for `options` that reuses what this one loaded, rebuilding only what must change.
@@ -118,8 +124,9 @@ class Scanner:
         device = torch.device(resolve_device(options.device))
         if device != self.device:
             return Scanner(options, self.weights_path, preset_if_random=self._loaded.preset_if_random)
-        same_detector = detector_settings(options) == detector_settings(self.options)
-        detector = self.detector if same_detector else load_detector(options, device)
+        crop = self._loaded.crop
+        same_detector = detector_settings(options, crop) == detector_settings(self.options, crop)
+        detector = self.detector if same_detector else load_detector(options, crop, device)
         batch_size = resolved_batch_size(options, self._loaded.model.config, device)
         serves = self._engine.serves(options, batch_size)
         engine = self._engine if serves else LoadedEngine.load(self._loaded, options)

@@ -15,10 +15,15 @@ from pipeline import synthetic
 from pipeline.crops import crop_faces, landmarks_in_crops, stretched_regions
 from pipeline.faces import build_detector
 from pipeline.scan import Scanner
+from ralf.config import RALFConfig
+from ralf.core.metadata import WeightsMetadata
 from ralf.core.options import ScanOptions
+from ralf.model import RALF
+from ralf.weights import save_weights
 from trainer import data
 from trainer.layouts import held_out, person_group, read_layout
-from trainer.prepare import OPTIONS_FILE, PrepareOptions, padded_still, prepare
+from trainer.prepare import OPTIONS_FILE, PrepareOptions, padded_still, prepare, read_prepare_options
+from trainer.run_data import crop_geometry
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +93,7 @@ def test_prepare_records_landmarks_and_geometry(tmp_path: Path, detector) -> Non
     src.mkdir()
     Image.fromarray(skdata.astronaut()[0:300, 100:400]).save(src / "astro.png")
     out = tmp_path / "out"
-    summary = prepare(src, out, "reals", PrepareOptions(size=96), {"holdout": 0.0}, detector=detector, progress=False)
+    summary = prepare(src, out, "reals", PrepareOptions(size=96, detector="mtcnn"), {"holdout": 0.0}, detector=detector, progress=False)
     assert summary.crops == 1
     row = json.loads((out / data.INDEX_FILE).read_text().splitlines()[0])
     left_eye, right_eye, nose, mouth_left, mouth_right = row["landmarks"]
@@ -97,19 +102,26 @@ def test_prepare_records_landmarks_and_geometry(tmp_path: Path, detector) -> Non
     assert record.landmarks is not None and len(record.landmarks) == 5
     assert json.loads((out / OPTIONS_FILE).read_text())["margin"] == 0.3
     with pytest.raises(ValueError, match="another output folder"):
-        prepare(src, out, "reals", PrepareOptions(size=96, margin=0.5), {"holdout": 0.0}, detector=detector, progress=False)
+        prepare(src, out, "reals", PrepareOptions(size=96, margin=0.5, detector="mtcnn"), {"holdout": 0.0}, detector=detector, progress=False)
 
 
-def test_prepare_and_scan_cut_the_same_crop_of_the_same_frame(tmp_path: Path, detector) -> None:
+def test_prepare_and_scan_cut_the_same_crop_of_the_same_frame(tmp_path: Path) -> None:
+    # Default prepare (RetinaFace) -> weights carrying the prepared folder's geometry -> a default scan,
+    # whose "auto" detector follows the weights: the model sees the crops it was trained on.
     (tmp_path / "src").mkdir()
     clip = synthetic.write_face_clip(tmp_path / "src" / "clip.mp4", codec="h264", num_frames=6)
     out = tmp_path / "prepared"
-    prepare(clip.parent, out, "reals", PrepareOptions(size=64, frames=6, decoder="pyav"), {"holdout": 0.0},
-            detector=detector, progress=False)  # fmt: skip
+    prepare(clip.parent, out, "reals", PrepareOptions(size=64, frames=6, decoder="pyav"), {"holdout": 0.0}, progress=False)
     rows = [json.loads(line) for line in (out / data.INDEX_FILE).read_text().splitlines()]
     assert [r["frame_index"] for r in rows] == list(range(6))
+    geometry = crop_geometry([out])
+    assert geometry.detector == "retinaface"
+    model = RALF(RALFConfig.from_preset("tiny"))
+    weights = tmp_path / "retinaface-crops.safetensors"
+    save_weights(weights, model, WeightsMetadata(config=model.config, crop=geometry))
 
-    scanner = Scanner(ScanOptions(device="cpu", decoder="pyav", every_n=1), preset_if_random="tiny")
+    scanner = Scanner(ScanOptions(device="cpu", decoder="pyav", every_n=1), weights)
+    assert scanner.detector.name == "retinaface" and not scanner.warnings
     seen: list[torch.Tensor] = []
     engine = scanner.engine
 
@@ -122,8 +134,21 @@ def test_prepare_and_scan_cut_the_same_crop_of_the_same_frame(tmp_path: Path, de
 
     scanner.engine = Recording()  # type: ignore[assignment]
     verdict = scanner.scan(clip)
-    assert verdict.counts.faces == 6 and scanner.image_size == 64
+    assert verdict.counts.faces == 6 and scanner.image_size == 64 and verdict.detector == "retinaface"
     served = torch.cat(seen)
     for row, crop in zip(rows, served):
         saved = torch.from_numpy(np.asarray(Image.open(out / row["path"]))).permute(2, 0, 1).float() / 255
         assert (saved - crop).abs().max() <= 0.5 / 255 + 1e-6, row["path"]  # PNG rounding only
+
+
+def test_prepare_records_its_detector_and_older_folders_read_as_mtcnn(tmp_path: Path, detector) -> None:
+    with pytest.raises(ValueError, match="the detector given is mtcnn but the options say retinaface"):
+        prepare(tmp_path, tmp_path / "out", "reals", PrepareOptions(), detector=detector, progress=False)
+    older = tmp_path / "older"
+    older.mkdir()
+    recorded = json.loads(PrepareOptions().model_dump_json())
+    del recorded["detector"], recorded["detect_max_side"]  # what prepare wrote before it recorded them
+    (older / OPTIONS_FILE).write_text(json.dumps(recorded))
+    options = read_prepare_options(older)
+    assert options is not None and (options.detector, options.detect_max_side) == ("mtcnn", 0)
+    assert crop_geometry([older]).detector == "mtcnn"

@@ -15,7 +15,7 @@ from pipeline.engine import InferenceOutOfMemory
 from pipeline.scan import RANDOM_WEIGHTS_WARNING, Scanner
 from ralf.config import RALFConfig
 from ralf.core.decision import UNCALIBRATED_THRESHOLD_SOURCE
-from ralf.core.metadata import Calibration, WeightsMetadata
+from ralf.core.metadata import Calibration, CropGeometry, WeightsMetadata
 from ralf.core.options import Sampling, ScanOptions
 from ralf.model import RALF
 from ralf.weights import save_weights
@@ -348,3 +348,21 @@ def test_error_verdict_carries_the_scanner_facts(scanner: Scanner) -> None:
     assert verdict.model_version == scanner.model_version and verdict.threshold == scanner.threshold
     assert (verdict.engine, verdict.detector) == (scanner.engine.name, scanner.detector.name)
     assert verdict.weights_random and verdict.warnings == scanner.warnings
+
+
+def test_auto_detector_follows_the_weights_and_a_different_one_is_warned_about(tmp_path: Path) -> None:
+    model = RALF(RALFConfig.from_preset("tiny"))
+    unrecorded, retinaface = tmp_path / "unrecorded.safetensors", tmp_path / "retinaface.safetensors"
+    save_weights(unrecorded, model, WeightsMetadata(config=model.config))
+    save_weights(retinaface, model, WeightsMetadata(config=model.config, crop=CropGeometry(detector="retinaface")))
+    options = ScanOptions(device="cpu")
+
+    older = Scanner(options, unrecorded)  # weights from before the record: prepare cut them with MTCNN
+    assert older.detector.name == "mtcnn" and not older.warnings
+    assert Scanner(options, retinaface).detector.name == "retinaface"
+    swapped = older.with_options(options.model_copy(update={"detector": "retinaface"}))
+    assert swapped.detector.name == "retinaface"
+    assert any("trained on crops around mtcnn face boxes" in w for w in swapped.warnings)
+    assert Scanner(options.model_copy(update={"detector": "retinaface"}), preset_if_random="tiny").warnings == [
+        RANDOM_WEIGHTS_WARNING
+    ]

@@ -54,7 +54,7 @@ def test_prepare_crops_the_face_and_records_no_face(
     videos: Path, tmp_path: Path, detector, reference_crop: np.ndarray
 ) -> None:
     out = tmp_path / "prepared"
-    options = PrepareOptions(frames=6, size=96, margin=0.3)
+    options = PrepareOptions(frames=6, size=96, margin=0.3, detector="mtcnn")
     summary = prepare(videos, out, "folder", options, detector=detector, progress=False)
     assert summary.videos == 2 and summary.status == {"ok": 1, "no_face": 1} and summary.crops == 6
 
@@ -91,7 +91,7 @@ def test_prepare_short_video_and_unreadable_video(tmp_path: Path, detector) -> N
     (src / "fake").mkdir(parents=True)
     synthetic.write_face_clip(src / "fake" / "short.mp4", codec="h264", num_frames=3)
     synthetic.write_text_as_video(src / "fake" / "broken.mp4")
-    summary = prepare(src, tmp_path / "out", "folder", PrepareOptions(frames=32, size=64), detector=detector, progress=False)
+    summary = prepare(src, tmp_path / "out", "folder", PrepareOptions(frames=32, size=64, detector="mtcnn"), detector=detector, progress=False)
     assert summary.status == {"ok": 1, "error": 1}
     videos = {r["video_id"]: r for r in map(json.loads, (tmp_path / "out" / VIDEOS_FILE).read_text().splitlines())}
     assert videos["fake/short"]["frames"] == 3 and videos["fake/short"]["crops"] == 3  # what it has

@@ -1,6 +1,7 @@
 """`ralf-cli prepare`: face crops for training from a dataset of videos (or of frame folders).
 
-For every video: N frames evenly over its whole length (fewer when it has fewer), MTCNN, the largest
+For every video: N frames evenly over its whole length (fewer when it has fewer), the scanner's face
+detector at its working resolution (RetinaFace by default; the weights record which), the largest
 face scoring >= min_score per frame, cut with the scanner's own crop function and geometry (square
 box with margin, resized to the model size), saved as PNG. A still image is one frame; it is
 reflect-padded first, so that tight face chips (UTKFace) get the scanner's framing around the face.
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from pipeline.crops import crop_faces, landmarks_in_crops
 from pipeline.decode import VideoDecodeError, open_video
 from pipeline.faces import Detections, FaceDetector, build_detector
-from ralf.core.options import MIN_FACE_SCORE, MIN_FACE_SIZE, Sampling
+from ralf.core.options import DETECT_MAX_SIDE, PREPARE_DETECTOR, MIN_FACE_SCORE, MIN_FACE_SIZE, Sampling
 from trainer.data import INDEX_FILE, CropRow, ImageReadError, read_rgb, write_index_rows
 from trainer.layouts import IMAGE_SUFFIXES, VideoEntry, read_layout
 
@@ -50,7 +51,9 @@ class PrepareOptions(BaseModel):
         0.25, ge=0, le=2, description="Reflect padding around a still image, fraction of its side per edge"
     )
     size: int = Field(256, ge=8, description="Side of the saved square crops")
-    min_face_size: int = Field(MIN_FACE_SIZE, ge=12, description="Smallest face side (pixels) MTCNN looks for (as scan)")
+    detector: Literal["retinaface", "mtcnn"] = Field(PREPARE_DETECTOR, description="Face detector; the weights record it")
+    detect_max_side: int = Field(DETECT_MAX_SIDE, ge=0, description="Working resolution of detection (as scan)")
+    min_face_size: int = Field(MIN_FACE_SIZE, ge=12, description="Smallest face side (pixels) looked for (as scan)")
     min_score: float = Field(MIN_FACE_SCORE, ge=0, le=1, description="Faces scoring lower are ignored (as scan)")
     device: str = "cpu"
     decoder: Literal["auto", "dali", "pyav"] = "auto"
@@ -228,7 +231,13 @@ def _record_options(out: Path, options: PrepareOptions) -> None:
 
 
 def _geometry(options: PrepareOptions) -> dict[str, object]:
-    return {"margin": options.margin, "square": options.square, "size": options.size}
+    return {
+        "margin": options.margin,
+        "square": options.square,
+        "size": options.size,
+        "detector": options.detector,
+        "detect_max_side": options.detect_max_side,
+    }
 
 
 def read_prepare_options(folder: Path) -> PrepareOptions | None:
@@ -236,7 +245,11 @@ def read_prepare_options(folder: Path) -> PrepareOptions | None:
     path = Path(folder) / OPTIONS_FILE
     if not path.is_file():
         return None
-    return PrepareOptions.model_validate_json(path.read_text(encoding="utf-8"))
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    # Folders prepared before the detector was recorded were cut around full-resolution MTCNN boxes.
+    recorded.setdefault("detector", "mtcnn")
+    recorded.setdefault("detect_max_side", 0)
+    return PrepareOptions.model_validate(recorded)
 
 
 def finished_videos(out: Path) -> set[str]:
@@ -268,6 +281,9 @@ def prepare(
 ) -> PrepareSummary:
     """Extract face crops of every video of the dataset at `source` into `out` (resumable)."""
     options = options or PrepareOptions()
+    if detector is not None and detector.name != options.detector:
+        # The folder records options.detector and the trained weights follow it when scanning.
+        raise ValueError(f"the detector given is {detector.name} but the options say {options.detector}")
     entries = read_layout(layout, Path(source), **(layout_options or {}))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -276,7 +292,9 @@ def prepare(
     done = finished_videos(out)
     todo = [e for e in entries if e.video_id not in done]
     if todo and detector is None:
-        detector = build_detector("mtcnn", options.device, min_face_size=options.min_face_size)
+        detector = build_detector(
+            options.detector, options.device, min_face_size=options.min_face_size, max_side=options.detect_max_side
+        )
     status: Counter[str] = Counter()
     crops = 0
     for entry in tqdm(todo, desc="prepare", unit="video", disable=not progress, dynamic_ncols=True):

@@ -76,7 +76,11 @@ def crop_geometry(folders: Sequence[Path]) -> CropGeometry:
     found = {}
     for folder in folders:
         options = read_prepare_options(folder)
-        geometry = CropGeometry() if options is None else CropGeometry(margin=options.margin, square=options.square)
+        geometry = (
+            CropGeometry()
+            if options is None
+            else CropGeometry(margin=options.margin, square=options.square, detector=options.detector)
+        )
         found[str(folder)] = geometry
     if len(set(found.values())) > 1:
         raise TrainingError(f"the data folders were cut with different crop geometries: {found}")

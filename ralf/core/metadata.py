@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ralf.config import RALFConfig
+from ralf.core.options import UNRECORDED_DETECTOR, DetectorName
 
 FORMAT_NAME = "ralf-weights"
 FORMAT_VERSION = 1
@@ -63,6 +64,14 @@ class CropGeometry(BaseModel):
 
     margin: float = Field(0.3, ge=0)
     square: bool = True
+    # Whose face boxes the crops were cut around (detectors frame faces slightly differently, and a
+    # model learns its training framing); None: not recorded (weights made before this field).
+    detector: DetectorName | None = None
+
+    @property
+    def trained_detector(self) -> DetectorName:
+        """The detector the crops were cut with: as recorded, else MTCNN (what `prepare` used before)."""
+        return self.detector or UNRECORDED_DETECTOR
 
 
 def _now_iso() -> str:

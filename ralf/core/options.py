@@ -13,6 +13,7 @@ from ralf.core.device import resolve_device
 DeviceName = Literal["auto", "cpu", "cuda"]
 DecoderName = Literal["auto", "dali", "pyav"]
 DetectorName = Literal["mtcnn", "retinaface", "yolo"]
+DetectorChoice = Literal["auto", "mtcnn", "retinaface", "yolo"]
 EngineName = Literal["auto", "tensorrt", "compile", "eager"]
 PrecisionRequest = Literal["auto", "fp32", "bf16", "fp16"]
 AggregationName = Literal["mean", "topk", "median"]
@@ -21,6 +22,14 @@ AggregationName = Literal["mean", "topk", "median"]
 # training crops and scans find the same faces.
 MIN_FACE_SIZE = 40
 MIN_FACE_SCORE = 0.9
+# Weights learn the framing of the detector their crops were cut with, so scans use that detector
+# (`detector="auto"`, pipeline.loading.resolve_detector). `prepare` cuts new training crops with
+# RetinaFace: 2-3x less detection time than MTCNN and more faces found (benchmarks/pipeline.py
+# --footage, benchmarks/detector_swap.py). Weights that do not record it were cut with MTCNN, which
+# `prepare` used before.
+PREPARE_DETECTOR: DetectorName = "retinaface"
+UNRECORDED_DETECTOR: DetectorName = "mtcnn"
+DETECT_MAX_SIDE = 640
 DEFAULT_TARGET_FPS = 2.0
 SAMPLING_FIELDS = ("every_n", "target_fps", "max_frames")
 
@@ -58,7 +67,11 @@ class WorkerOptions(BaseModel):
 
     device: DeviceName = Field("auto", description="auto | cpu | cuda")
     decoder: DecoderName = Field("auto", description="auto | dali | pyav")
-    detector: DetectorName = Field("mtcnn", description="Face detector: mtcnn | retinaface | yolo")
+    detector: DetectorChoice = Field(
+        "auto",
+        description="Face detector: auto (the one the weights' training crops were cut with; mtcnn when they do not "
+        "say) | retinaface | mtcnn | yolo",
+    )
     yolo_weights: Path | None = Field(None, description="Local YOLO face weights (.pt) for detector yolo")
     engine: EngineName = Field("auto", description="auto | tensorrt | compile | eager")
     precision: PrecisionRequest = Field(
@@ -110,7 +123,7 @@ class ScanOptions(WorkerOptions):
     aggregation: AggregationName = "mean"
     top_k: int = Field(5, ge=1, description="Frames averaged by the 'topk' aggregation")
     detect_max_side: int = Field(
-        640,
+        DETECT_MAX_SIDE,
         ge=0,
         description="Faces are detected on a copy of each frame with at most this long side (never so small that "
         "a min_face_size face becomes undetectable), mapped back, and cropped from the full frame; 0: full resolution",
