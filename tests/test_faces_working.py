@@ -12,7 +12,7 @@ from torchvision.ops import box_iou
 from pipeline import synthetic
 from pipeline.faces import Detections, build_detector
 from pipeline.faces.mtcnn import MtcnnDetector
-from pipeline.faces.working import downscale_frames, to_frame_pixels, working_scale, working_size
+from pipeline.faces.working import WORKING_MIN_FACE, downscale_frames, to_frame_pixels, working_scale, working_size
 
 SHARED_DLIB = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces" / "dlib"
 
@@ -22,8 +22,9 @@ def test_working_scale_rule() -> None:
     assert working_scale(1080, 1920, None, 40, 12) == 1.0
     assert working_scale(360, 640, 640, 40, 12) == 1.0  # already small: never upscaled
     assert working_scale(1080, 1920, 640, 100, 12) == pytest.approx(1 / 3)
-    # A 40-pixel face must stay >= 16 pixels for RetinaFace: the floor wins over max_side.
-    assert working_scale(1080, 1920, 640, 40, 16) == pytest.approx(0.4)
+    # A 40-pixel face must keep WORKING_MIN_FACE (24) pixels: the floor wins over max_side.
+    assert working_scale(1080, 1920, 640, 40, WORKING_MIN_FACE) == pytest.approx(0.6)
+    assert working_scale(720, 1280, 640, 40, WORKING_MIN_FACE) == pytest.approx(0.6)
     assert working_size(1080, 1920, 1 / 3) == (360, 640)
 
 

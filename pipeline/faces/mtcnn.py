@@ -29,7 +29,7 @@ from torchvision.ops import batched_nms, box_area, roi_align
 from pipeline.faces.mtcnn_nets import ONet, PNet, RNet, load_keras_arrays
 from pipeline.faces.mtcnn_weights import load_net_arrays
 from pipeline.faces.types import Detections, FaceDetectorError, detect_in_passes, split_by_frame
-from pipeline.faces.working import downscale_frames, to_frame_pixels, working_scale, working_size
+from pipeline.faces.working import WORKING_MIN_FACE, downscale_frames, to_frame_pixels, working_scale, working_size
 
 SCALE_FACTOR = 0.709
 PNET_CELL = 12  # P-Net's receptive field, and the smallest pyramid level it can run on
@@ -179,7 +179,7 @@ class MtcnnDetector(nn.Module):
 
     def _detect_pass(self, frames: torch.Tensor) -> list[Detections]:
         height, width = frames.shape[1:3]
-        scale = working_scale(height, width, self.max_side, self.min_face_size, PNET_CELL)
+        scale = working_scale(height, width, self.max_side, self.min_face_size, WORKING_MIN_FACE)
         if scale >= 1.0:
             return self._cascade(frames, self.min_face_size)
         small_h, small_w = working_size(height, width, scale)

