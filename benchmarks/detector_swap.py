@@ -43,7 +43,9 @@ UTKFACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface" / 
 DETECTORS = ("mtcnn", "retinaface")
 
 
-def main_box(detector: FaceDetector, image: np.ndarray, clock: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+def main_box(
+    detector: FaceDetector, image: np.ndarray, clock: dict[str, float]
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     frame = torch.from_numpy(np.ascontiguousarray(image))[None]
     started = time.perf_counter()
     found = main_face(detector.detect(frame)[0], MIN_FACE_SCORE)
@@ -87,14 +89,19 @@ def main() -> None:
         fake_boxes = {name: main_box(d, fake, clock) for name, d in detectors.items()}
         if any(b is None for b in (*real_boxes.values(), *fake_boxes.values())):
             continue  # only faces every detector found, so both columns score the same faces
-        regions = [crop_regions(real_boxes[name][0][None], scanner.crop.margin, scanner.crop.square) for name in DETECTORS]
+        geometry = (scanner.crop.margin, scanner.crop.square)
+        regions = [crop_regions(real_boxes[name][0][None], *geometry) for name in DETECTORS]
         region_iou.append(float(box_iou(regions[0], regions[1])[0, 0]))
         for image, boxes, label in ((real, real_boxes, 0), (fake, fake_boxes, 1)):
             frame = torch.from_numpy(np.ascontiguousarray(image))[None]
             for name in DETECTORS:
                 crop = crop_faces(
-                    frame, torch.zeros(1, dtype=torch.int64), boxes[name][0][None], scanner.image_size,
-                    scanner.crop.margin, scanner.crop.square,
+                    frame,
+                    torch.zeros(1, dtype=torch.int64),
+                    boxes[name][0][None],
+                    scanner.image_size,
+                    scanner.crop.margin,
+                    scanner.crop.square,
                 )
                 logits[name].append(float(scanner.engine.logits(crop)[0]))
             labels.append(label)
@@ -106,7 +113,9 @@ def main() -> None:
     print(f"weights {scanner.model_version} | {seen} held-back UTKFace stills | {pairs} real/fake pairs found by both")
     for name in DETECTORS:
         print(f"  {name:<10} faces found {found[name]}/{seen} reals, detection {1000 * clock[name] / (2 * seen):.1f} ms/image")
-    print(f"  crop-region IoU mtcnn vs retinaface: median {np.median(region_iou):.3f}, 5th pct {np.percentile(region_iou, 5):.3f}")
+    print(
+        f"  crop-region IoU mtcnn vs retinaface: median {np.median(region_iou):.3f}, 5th pct {np.percentile(region_iou, 5):.3f}"
+    )
     rng = np.random.default_rng(0)
     reals, fakes = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
     differences = []
@@ -122,10 +131,14 @@ def main() -> None:
             f"FPR {np.mean(s[y == 0] >= cut):.4f} TPR {np.mean(s[y == 1] >= cut):.4f}"
         )
     low, high = np.percentile(differences, [2.5, 97.5])
-    print(f"  AUC mtcnn - retinaface {auc(y, scores['mtcnn']) - auc(y, scores['retinaface']):+.4f} (95% CI {low:+.4f} .. {high:+.4f})")
+    difference = auc(y, scores["mtcnn"]) - auc(y, scores["retinaface"])
+    print(f"  AUC mtcnn - retinaface {difference:+.4f} (95% CI {low:+.4f} .. {high:+.4f})")
     probabilities = {name: 1 / (1 + np.exp(-s / temperature)) for name, s in scores.items()}
     shift = np.abs(probabilities["mtcnn"] - probabilities["retinaface"])
-    print(f"  |P(mtcnn crop) - P(retinaface crop)| median {np.median(shift):.3f}, 90th pct {np.percentile(shift, 90):.3f}, max {shift.max():.3f}")
+    print(
+        f"  |P(mtcnn crop) - P(retinaface crop)| median {np.median(shift):.3f}, "
+        f"90th pct {np.percentile(shift, 90):.3f}, max {shift.max():.3f}"
+    )
 
 
 if __name__ == "__main__":

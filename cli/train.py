@@ -19,7 +19,7 @@ from rich.table import Table
 
 from cli.app import app
 from cli.common import fail
-from ralf.core.options import DETECT_MAX_SIDE, PREPARE_DETECTOR, MIN_FACE_SCORE, MIN_FACE_SIZE
+from ralf.core.options import DETECT_MAX_SIDE, MIN_FACE_SCORE, MIN_FACE_SIZE, PREPARE_DETECTOR
 from trainer.layouts import FFPP_METHODS, LAYOUTS
 
 # The trainer and the networks load inside the commands, so that other commands (enqueue, status)
@@ -57,7 +57,7 @@ def prepare(
     compression: Annotated[str, typer.Option(help="FF++ quality folder: raw | c23 | c40")] = "c23",
     methods: Annotated[str, typer.Option(help="FF++ manipulations, comma separated")] = ",".join(FFPP_METHODS),
     splits_dir: Annotated[Path | None, typer.Option(help="FF++ train/val/test.json folder (default SRC/splits or SRC)")] = None,
-    detector: Annotated[str, typer.Option(help="retinaface | mtcnn (the weights record it; scans then use it)")] = PREPARE_DETECTOR,
+    detector: Annotated[str, typer.Option(help="retinaface | mtcnn (the weights record it; scans use it)")] = PREPARE_DETECTOR,
     detect_max_side: Annotated[int, typer.Option(help="Long side faces are detected at (as scan; 0: full)")] = DETECT_MAX_SIDE,
     min_face_size: Annotated[int, typer.Option(help="Smallest face side in pixels (as scan)")] = MIN_FACE_SIZE,
     min_score: Annotated[float, typer.Option(help="Ignore faces the detector scores lower (as scan)")] = MIN_FACE_SCORE,

@@ -93,7 +93,8 @@ def test_prepare_records_landmarks_and_geometry(tmp_path: Path, detector) -> Non
     src.mkdir()
     Image.fromarray(skdata.astronaut()[0:300, 100:400]).save(src / "astro.png")
     out = tmp_path / "out"
-    summary = prepare(src, out, "reals", PrepareOptions(size=96, detector="mtcnn"), {"holdout": 0.0}, detector=detector, progress=False)
+    options = PrepareOptions(size=96, detector="mtcnn")
+    summary = prepare(src, out, "reals", options, {"holdout": 0.0}, detector=detector, progress=False)
     assert summary.crops == 1
     row = json.loads((out / data.INDEX_FILE).read_text().splitlines()[0])
     left_eye, right_eye, nose, mouth_left, mouth_right = row["landmarks"]
@@ -102,7 +103,8 @@ def test_prepare_records_landmarks_and_geometry(tmp_path: Path, detector) -> Non
     assert record.landmarks is not None and len(record.landmarks) == 5
     assert json.loads((out / OPTIONS_FILE).read_text())["margin"] == 0.3
     with pytest.raises(ValueError, match="another output folder"):
-        prepare(src, out, "reals", PrepareOptions(size=96, margin=0.5, detector="mtcnn"), {"holdout": 0.0}, detector=detector, progress=False)
+        other = PrepareOptions(size=96, margin=0.5, detector="mtcnn")
+        prepare(src, out, "reals", other, {"holdout": 0.0}, detector=detector, progress=False)
 
 
 def test_prepare_and_scan_cut_the_same_crop_of_the_same_frame(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from pipeline.crops import crop_faces, landmarks_in_crops
 from pipeline.decode import VideoDecodeError, open_video
 from pipeline.faces import Detections, FaceDetector, build_detector
-from ralf.core.options import DETECT_MAX_SIDE, PREPARE_DETECTOR, MIN_FACE_SCORE, MIN_FACE_SIZE, Sampling
+from ralf.core.options import DETECT_MAX_SIDE, MIN_FACE_SCORE, MIN_FACE_SIZE, PREPARE_DETECTOR, Sampling
 from trainer.data import INDEX_FILE, CropRow, ImageReadError, read_rgb, write_index_rows
 from trainer.layouts import IMAGE_SUFFIXES, VideoEntry, read_layout
 
