@@ -18,8 +18,9 @@ old behaviour and the new one in the same run, so the baseline is measured, not 
     .venv/bin/python benchmarks/pipeline.py --footage [--seconds 10] [--preset tiny]
 
 - before: MTCNN on full-resolution frames, no prefetch, PyAV, batch 32 (the old defaults);
-- mtcnn-640: MTCNN at the working resolution (long side 640), prefetch, the other defaults;
-- retinaface-640: RetinaFace at the working resolution, prefetch, the other defaults.
+- mtcnn-640: MTCNN at the working resolution (long side 640, never below 24 px for a min_face_size
+  face), prefetch, the other defaults: how weights trained on MTCNN crops scan (`--detector auto`);
+- retinaface-640: RetinaFace the same way: how weights trained on RetinaFace crops scan.
 Reported per clip and configuration: seconds per minute of video, each stage's seconds and share,
 frames and faces, and the speed-up against `before`.
 
