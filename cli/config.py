@@ -25,8 +25,9 @@ def config(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     values = settings.model_dump(mode="json")
     options = settings.scan_options().model_dump(mode="json")
     engine = _engine_preview(settings)
+    detector = _detector_preview(settings)
     if as_json:
-        document = {"settings": values, "scan_options": options, "engine_choice": engine}
+        document = {"settings": values, "scan_options": options, "engine_choice": engine, "detector_choice": detector}
         sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
         return
     table = Table("variable", "value", "meaning", title="RALF settings")
@@ -45,6 +46,7 @@ def config(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     for line in engine.get("warnings", []) or []:
         choice.add_row("warning", escape(str(line)))
     out.print(choice)
+    out.print(f"Face detector workers would use: {escape(detector['detector'] or '-')} ({escape(detector['why'])})")
 
 
 def _engine_preview(settings: Settings) -> dict[str, object]:
@@ -58,3 +60,20 @@ def _engine_preview(settings: Settings) -> dict[str, object]:
     from pipeline.engine_choice import preview_engine
 
     return preview_engine(weights, settings.scan_options())
+
+
+def _detector_preview(settings: Settings) -> dict[str, str]:
+    """The detector scans would run and why: the one asked for, or for "auto" the weights' (torch-free)."""
+    from ralf.core.metadata import CropGeometry, read_metadata
+    from ralf.shipped import ShippedWeightsMissing
+
+    options = settings.scan_options()
+    if options.detector != "auto":
+        return {"detector": options.detector, "why": "asked for (RALF_DETECTOR)"}
+    try:
+        weights = settings.model_weights()
+    except ShippedWeightsMissing as error:
+        return {"detector": "", "why": str(error)}
+    crop = CropGeometry() if weights is None else read_metadata(weights).crop
+    recorded = "as recorded in the weights" if crop.detector else "the weights do not record it: MTCNN cut them"
+    return {"detector": crop.trained_detector, "why": f"auto: the detector the training crops were cut with ({recorded})"}

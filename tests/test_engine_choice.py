@@ -180,4 +180,9 @@ def test_scanner_verdict_and_config_name_the_choice(weights: Path, monkeypatch: 
     assert result.exit_code == 0, result.output
     choice = json.loads(result.output)["engine_choice"]
     assert choice["engine"] == "eager" and choice["why"] == "auto: no exported engine beside tiny.safetensors"
+    detector = json.loads(result.output)["detector_choice"]
+    assert detector["detector"] == "mtcnn" and "do not record it" in detector["why"]
+    monkeypatch.setenv("RALF_DETECTOR", "retinaface")
+    detector = json.loads(CliRunner().invoke(app, ["config", "--json"]).output)["detector_choice"]
+    assert detector == {"detector": "retinaface", "why": "asked for (RALF_DETECTOR)"}
     assert preview_engine(weights, ScanOptions(device="cpu"))["engine"] == "eager"
