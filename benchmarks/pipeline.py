@@ -116,16 +116,26 @@ FOOTAGE_CONFIGS: dict[str, dict[str, object]] = {
 SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 
 
+# How cameras and streaming services encode: B-frames (x264's default 3, pyramid) and a keyframe
+# every 2 s; write_face_clip's default is ultrafast/zerolatency (no B-frames), where skipping finds nothing.
+CAMERA_LIKE_X264 = {"preset": "veryfast", "crf": "20", "x264-params": "keyint=60:min-keyint=60:bframes=3:b-pyramid=normal"}
+
+
 def footage_clips(workdir: Path, seconds: float) -> list[Path]:
-    """Generated 720p and 1080p H.264 clips (a face moving over a textured background, 30 frames/s),
-    then the shared real clips when present."""
-    clips = []
-    for width, height in ((1280, 720), (1920, 1080)):
-        clips.append(
-            write_face_clip(
-                workdir / f"face_{height}p.mp4", codec="h264", num_frames=round(seconds * 30), fps=30.0, size=(width, height)
-            )
+    """Generated H.264 clips (a face moving over a textured background, 30 frames/s): 720p and 1080p
+    without B-frames (every frame must be decoded), 1080p encoded camera-like; then the shared real
+    clips when present."""
+    frames = round(seconds * 30)
+    clips = [
+        write_face_clip(workdir / f"face_{height}p.mp4", codec="h264", num_frames=frames, fps=30.0, size=(width, height))
+        for width, height in ((1280, 720), (1920, 1080))
+    ]
+    clips.append(
+        write_face_clip(
+            workdir / "camera_like_1080p.mp4", codec="h264", num_frames=frames, fps=30.0, size=(1920, 1080),
+            encoder_options=CAMERA_LIKE_X264,
         )
+    )
     if SHARED_VIDEOS.is_dir():
         clips += sorted(SHARED_VIDEOS.glob("*/*.mp4"))
     return clips
@@ -174,11 +184,6 @@ def footage_benchmark(args: argparse.Namespace) -> None:
                     f"{t.crop_s:>7.2f}{t.infer_s:>7.2f}{t.detect_s / t.total_s:>6.0%}{verdict.counts.frames_decoded:>7}"
                     f"{verdict.counts.faces:>6}{verdict.counts.tracks:>7}{baseline / seconds:>8.2f}x"
                 )
-
-
-# How cameras and streaming services encode: B-frames (x264's default 3, pyramid) and a keyframe
-# every 2 s; the footage clips above use ultrafast/zerolatency (no B-frames), where skipping finds nothing.
-CAMERA_LIKE_X264 = {"preset": "veryfast", "crf": "20", "x264-params": "keyint=60:min-keyint=60:bframes=3:b-pyramid=normal"}
 
 
 def decode_benchmark(args: argparse.Namespace) -> None:

@@ -309,10 +309,13 @@ class RetinaFaceDetector(nn.Module):
         """Detections in the pixels of `frames` (uint8 (N, h, w, 3) on this device)."""
         count, height, width = frames.shape[:3]
         if self._session is not None:
-            # RGB -> BGR minus means, contiguous NCHW for onnxruntime: copying the strided view into a
-            # preallocated float tensor, then subtracting in place, is ~4x faster than flip/float/sub.
+            # RGB -> BGR minus means, contiguous NCHW for onnxruntime: copying each channel's strided view
+            # into a preallocated float tensor, then subtracting in place, avoids flip's uint8 copy of the
+            # frames (half the time of copying the flipped view).
             images = torch.empty((count, 3, height, width), dtype=torch.float32)
-            images.copy_(frames.permute(0, 3, 1, 2).flip(1)).sub_(self.means)
+            for channel in range(3):
+                images[:, channel].copy_(frames[..., 2 - channel])
+            images.sub_(self.means)
             loc, conf, points = self._session.run(None, {"input": images.numpy()})
             regressions, scores = torch.from_numpy(loc), torch.from_numpy(conf[..., 1])
             landmark_regressions = torch.from_numpy(points)
