@@ -11,13 +11,13 @@ same frames and faces):
 Each runs once untimed, then --repeats timed runs; the fastest is reported. Random weights:
 throughput does not depend on their values.
 
-Real-footage mode (`--footage`): 720p and 1080p clips (generated with a moving face, plus the shared
-real clips in ../shared/data/videos when present) scanned at the default sampling (2 frames/s) by the
+Real-footage mode (`--footage`): 720p and 1080p clips (generated with a moving face: without B-frames,
+and a 1080p one encoded camera-like; plus the shared real clips in ../shared/data/videos when present) scanned at the default sampling (2 frames/s) by the
 old behaviour and the new one in the same run, so the baseline is measured, not remembered:
 
     .venv/bin/python benchmarks/pipeline.py --footage [--seconds 10] [--preset tiny]
 
-- before: MTCNN on full-resolution frames, no prefetch, PyAV, batch 32 (the old defaults);
+- before: MTCNN on full-resolution frames, no prefetch, PyAV, batch 32, no decode skipping (the old defaults);
 - mtcnn-640: MTCNN at the working resolution (long side 640, never below 24 px for a min_face_size
   face), prefetch, the other defaults: how weights trained on MTCNN crops scan (`--detector auto`);
 - retinaface-640: RetinaFace the same way: how weights trained on RetinaFace crops scan.
