@@ -47,6 +47,8 @@ def config(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         choice.add_row("warning", escape(str(line)))
     out.print(choice)
     out.print(f"Face detector workers would use: {escape(detector['detector'] or '-')} ({escape(detector['why'])})")
+    if "precision" in detector:
+        out.print(f"Its network's precision: {escape(detector['precision'] or '-')} ({escape(detector['precision_why'])})")
 
 
 def _engine_preview(settings: Settings) -> dict[str, object]:
@@ -63,6 +65,24 @@ def _engine_preview(settings: Settings) -> dict[str, object]:
 
 
 def _detector_preview(settings: Settings) -> dict[str, str]:
+    """The detector scans would run and why (the one asked for, or for "auto" the weights'), and for
+    RetinaFace the precision its network would run in and why."""
+    choice = _detector_name(settings)
+    if choice["detector"] != "retinaface":
+        return choice
+    from pipeline.faces.retinaface import network_precision
+    from pipeline.faces.types import FaceDetectorError
+    from ralf.core.device import DeviceUnavailable
+
+    options = settings.scan_options()
+    try:
+        precision, why = network_precision(options.detector_precision, options.resolved_device(), "auto")
+    except (FaceDetectorError, DeviceUnavailable) as error:
+        precision, why = "", str(error)
+    return choice | {"precision": precision, "precision_why": why}
+
+
+def _detector_name(settings: Settings) -> dict[str, str]:
     """The detector scans would run and why: the one asked for, or for "auto" the weights' (torch-free)."""
     from ralf.core.metadata import CropGeometry, read_metadata
     from ralf.shipped import ShippedWeightsMissing

@@ -29,6 +29,7 @@ from cli.common import (
     BatchSizeFlag,
     DecoderFlag,
     DetectorFlag,
+    DetectorPrecisionFlag,
     DeviceFlag,
     EveryNFlag,
     FpsFlag,
@@ -255,6 +256,7 @@ def scan(
     device: DeviceFlag = None,
     decoder: DecoderFlag = None,
     detector: DetectorFlag = None,
+    detector_precision: DetectorPrecisionFlag = None,
     yolo_weights: YoloWeightsFlag = None,
     batch_size: BatchSizeFlag = None,
     precision: PrecisionFlag = None,
@@ -278,9 +280,9 @@ def scan(
     """Scan videos in this process and print a verdict per video (exit 0 clean, 1 fake found, 2 error)."""
     settings = load_settings()
     options = scan_options(
-        settings, device=device, decoder=decoder, detector=detector, yolo_weights=yolo_weights,
-        batch_size=batch_size, precision=precision, target_fps=fps, every_n=every_n, max_frames=max_frames,
-        aggregation=aggregation,
+        settings, device=device, decoder=decoder, detector=detector, detector_precision=detector_precision,
+        yolo_weights=yolo_weights, batch_size=batch_size, precision=precision, target_fps=fps, every_n=every_n,
+        max_frames=max_frames, aggregation=aggregation,
     )  # fmt: skip
     chosen = _chosen_weights(weights, random_weights, settings)
     scanner = _build_scanner(options, chosen, preset or settings.random_preset)

@@ -73,7 +73,8 @@ def detector_settings(options: ScanOptions, crop: CropGeometry) -> tuple[object,
     """The options the face detector is built from; a change in any of them needs a new detector."""
     name = resolve_detector(options, crop)
     score = options.min_face_score if name == "yolo" else None
-    return (name, options.yolo_weights, options.min_face_size, score, options.detect_max_side)
+    precision = options.detector_precision if name == "retinaface" else None
+    return (name, options.yolo_weights, options.min_face_size, score, options.detect_max_side, precision)
 
 
 def load_detector(options: ScanOptions, crop: CropGeometry, device: torch.device) -> FaceDetector:
@@ -84,6 +85,7 @@ def load_detector(options: ScanOptions, crop: CropGeometry, device: torch.device
         min_face_size=options.min_face_size,
         yolo_conf=options.min_face_score,
         max_side=options.detect_max_side,
+        precision=options.detector_precision,
     )
 
 

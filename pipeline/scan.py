@@ -380,6 +380,7 @@ class Scanner:
             engine_choice=getattr(self.engine, "choice", ""),
             decoder=state.decoder,
             detector=self.detector.name,
+            detector_precision=getattr(self.detector, "precision", "fp32"),
             weights_random=self.weights_random,
             tracks=tracks or [],
             counts=state.counts,

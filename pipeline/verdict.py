@@ -98,6 +98,7 @@ class Verdict(BaseModel):
     )
     decoder: str = Field("", description="Decode backend that read the video ('dali' or 'pyav'); empty if none did")
     detector: str = ""
+    detector_precision: str = Field("fp32", description="Precision of the face detector's network ('fp32' or 'bf16')")
     weights_random: bool = False
     tracks: list[TrackVerdict] = Field(default_factory=list)
     counts: Counts = Field(default_factory=Counts)

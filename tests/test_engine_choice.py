@@ -184,5 +184,9 @@ def test_scanner_verdict_and_config_name_the_choice(weights: Path, monkeypatch: 
     assert detector["detector"] == "mtcnn" and "do not record it" in detector["why"]
     monkeypatch.setenv("RALF_DETECTOR", "retinaface")
     detector = json.loads(CliRunner().invoke(app, ["config", "--json"]).output)["detector_choice"]
-    assert detector == {"detector": "retinaface", "why": "asked for (RALF_DETECTOR)"}
+    assert detector["detector"] == "retinaface" and detector["why"] == "asked for (RALF_DETECTOR)"
+    assert detector["precision"] == "fp32" and detector["precision_why"].startswith("auto: fp32 (bf16 is offered")
+    monkeypatch.setenv("RALF_DETECTOR_PRECISION", "fp32")
+    detector = json.loads(CliRunner().invoke(app, ["config", "--json"]).output)["detector_choice"]
+    assert (detector["precision"], detector["precision_why"]) == ("fp32", "fp32 asked for")
     assert preview_engine(weights, ScanOptions(device="cpu"))["engine"] == "eager"

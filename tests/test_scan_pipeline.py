@@ -12,6 +12,7 @@ from pipeline.decode import DaliDecodeError, VideoInfo
 from pipeline.decode.dali import DaliFrameSource
 from pipeline.decode.sampling import expected_samples
 from pipeline.engine import InferenceOutOfMemory
+from pipeline.precision import precision_supported
 from pipeline.scan import RANDOM_WEIGHTS_WARNING, Scanner
 from ralf.config import RALFConfig
 from ralf.core.decision import UNCALIBRATED_THRESHOLD_SOURCE
@@ -366,3 +367,16 @@ def test_auto_detector_follows_the_weights_and_a_different_one_is_warned_about(t
     assert Scanner(options.model_copy(update={"detector": "retinaface"}), preset_if_random="tiny").warnings == [
         RANDOM_WEIGHTS_WARNING
     ]
+
+
+def test_detector_precision_is_an_option_and_the_verdict_says_which_ran(face_clip_h264: Path) -> None:
+    fp32 = Scanner(ScanOptions(device="cpu", detector="retinaface", max_frames=6), preset_if_random="tiny")
+    verdict = fp32.scan(face_clip_h264)
+    assert fp32.detector.precision == "fp32" and verdict.detector_precision == "fp32"
+    if not precision_supported("bf16", "cpu")[0]:
+        pytest.skip("this CPU has no native bfloat16")
+    bf16 = fp32.with_options(fp32.options.model_copy(update={"detector_precision": "bf16"}))
+    assert bf16.detector is not fp32.detector and bf16.engine is fp32.engine
+    low = bf16.scan(face_clip_h264)
+    assert low.detector_precision == "bf16" and low.label == verdict.label
+    assert low.counts.faces == verdict.counts.faces and len(low.tracks) == len(verdict.tracks) == 1

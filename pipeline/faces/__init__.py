@@ -21,12 +21,15 @@ def build_detector(
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.8),
     yolo_conf: float = MIN_FACE_SCORE,
     max_side: int | None = None,
+    precision: Literal["auto", "fp32", "bf16"] = "auto",
 ) -> FaceDetector:
     """The detector called `name` on `device`; the defaults are `ScanOptions`' (one place for both).
 
     `min_face_size` (frame pixels) applies to MTCNN and RetinaFace, the three stage `thresholds`
     (P-, R-, O-Net) to MTCNN; `max_side` (None or 0: full resolution) makes MTCNN and RetinaFace
     detect on a copy of each frame with that long side (`pipeline.faces.working`), boxes in frame pixels.
+    `precision` is RetinaFace's network precision (`retinaface.network_precision`: auto is fp32, bf16
+    only when asked for); MTCNN and YOLO always run fp32.
     YOLO needs `yolo_weights`, a local face-detection `.pt` file, keeps boxes scoring >= `yolo_conf`
     and resizes frames itself. Backends are imported here so that choosing MTCNN never loads ultralytics.
     """
@@ -37,7 +40,7 @@ def build_detector(
     if name == "retinaface":
         from pipeline.faces.retinaface import RetinaFaceDetector
 
-        return RetinaFaceDetector(device=device, min_face_size=min_face_size, max_side=max_side)
+        return RetinaFaceDetector(device=device, min_face_size=min_face_size, max_side=max_side, precision=precision)
     if name == "yolo":
         if yolo_weights is None:
             raise FaceDetectorError("the yolo detector needs a local face weights file (.pt); none was given")

