@@ -20,7 +20,9 @@ old behaviour and the new one in the same run, so the baseline is measured, not 
 - before: MTCNN on full-resolution frames, no prefetch, PyAV, batch 32, no decode skipping (the old defaults);
 - mtcnn-640: MTCNN at the working resolution (long side 640, never below 24 px for a min_face_size
   face), prefetch, the other defaults: how weights trained on MTCNN crops scan (`--detector auto`);
-- retinaface-640: RetinaFace the same way: how weights trained on RetinaFace crops scan.
+- retinaface-640: RetinaFace the same way: how weights trained on RetinaFace crops scan;
+- retinaface-bf16: RetinaFace with its network in bfloat16 (`detector_precision="bf16"`, not the
+  default: it loses marginal faces), where the device has bf16.
 Reported per clip and configuration: seconds per minute of video, each stage's seconds and share,
 frames and faces, and the speed-up against `before`.
 
@@ -112,6 +114,7 @@ FOOTAGE_CONFIGS: dict[str, dict[str, object]] = {
     },
     "mtcnn-640": {"detector": "mtcnn"},
     "retinaface-640": {"detector": "retinaface"},
+    "retinaface-bf16": {"detector": "retinaface", "detector_precision": "bf16"},
 }
 SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 
@@ -158,7 +161,8 @@ def footage_benchmark(args: argparse.Namespace) -> None:
     for name, scanner in scanners.items():
         options = scanner.options
         print(
-            f"  {name:<15} detector {options.detector} at {options.detect_max_side or 'full'} px, prefetch "
+            f"  {name:<15} detector {options.detector} ({getattr(scanner.detector, 'precision', 'fp32')}) at "
+            f"{options.detect_max_side or 'full'} px, prefetch "
             f"{options.prefetch}, decoder {options.decoder}, batch {scanner.batch_size}, engine {scanner.engine.name}"
         )
     with tempfile.TemporaryDirectory(prefix="ralf-footage-") as workdir:
