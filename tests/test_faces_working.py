@@ -12,8 +12,8 @@ from torchvision.ops import box_iou
 from pipeline import synthetic
 from pipeline.faces import Detections, build_detector
 from pipeline.faces.mtcnn import MtcnnDetector
-from pipeline.precision import precision_supported
 from pipeline.faces.working import WORKING_MIN_FACE, downscale_frames, to_frame_pixels, working_scale, working_size
+from pipeline.precision import precision_supported
 
 SHARED_DLIB = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces" / "dlib"
 

