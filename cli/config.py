@@ -13,6 +13,7 @@ from rich.table import Table
 
 from cli.app import app
 from cli.common import load_settings
+from ralf.core.options import ScanOptions
 from ralf.core.settings import Settings
 
 out = Console()
@@ -67,14 +68,14 @@ def _engine_preview(settings: Settings) -> dict[str, object]:
 def _detector_preview(settings: Settings) -> dict[str, str]:
     """The detector scans would run and why (the one asked for, or for "auto" the weights'), and for
     RetinaFace the precision its network would run in and why."""
-    choice = _detector_name(settings)
+    options = settings.scan_options()
+    choice = _detector_name(settings, options)
     if choice["detector"] != "retinaface":
         return choice
     from pipeline.faces.retinaface import network_precision
     from pipeline.faces.types import FaceDetectorError
     from ralf.core.device import DeviceUnavailable
 
-    options = settings.scan_options()
     try:
         precision, why = network_precision(options.detector_precision, options.resolved_device(), "auto")
     except (FaceDetectorError, DeviceUnavailable) as error:
@@ -82,12 +83,11 @@ def _detector_preview(settings: Settings) -> dict[str, str]:
     return choice | {"precision": precision, "precision_why": why}
 
 
-def _detector_name(settings: Settings) -> dict[str, str]:
+def _detector_name(settings: Settings, options: ScanOptions) -> dict[str, str]:
     """The detector scans would run and why: the one asked for, or for "auto" the weights' (torch-free)."""
     from ralf.core.metadata import CropGeometry, read_metadata
     from ralf.shipped import ShippedWeightsMissing
 
-    options = settings.scan_options()
     if options.detector != "auto":
         return {"detector": options.detector, "why": "asked for (RALF_DETECTOR)"}
     try:

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 
 from pipeline.faces.types import Detections, FaceDetector, FaceDetectorError
-from ralf.core.options import MIN_FACE_SCORE, MIN_FACE_SIZE
+from ralf.core.options import MIN_FACE_SCORE, MIN_FACE_SIZE, DetectorPrecision
 
 __all__ = ["Detections", "FaceDetector", "FaceDetectorError", "build_detector"]
 
@@ -21,7 +21,7 @@ def build_detector(
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.8),
     yolo_conf: float = MIN_FACE_SCORE,
     max_side: int | None = None,
-    precision: Literal["auto", "fp32", "bf16"] = "auto",
+    precision: DetectorPrecision = "auto",
 ) -> FaceDetector:
     """The detector called `name` on `device`; the defaults are `ScanOptions`' (one place for both).
 

