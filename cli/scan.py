@@ -132,9 +132,7 @@ def _details(verdict: Verdict) -> str:
         return verdict.error or "unknown error"
     if verdict.label == "no_face":
         return "no face in sampled frames"
-    from pipeline.aggregate import deciding_tracks
-
-    worst = max(deciding_tracks(verdict.tracks), key=lambda t: t.score)
+    worst = max((t for t in verdict.tracks if t.decides is not False), key=lambda t: t.score)
     if not worst.suspicious_times_s:
         return f"track {worst.track_id}"
     return f"track {worst.track_id} at " + " ".join(short_time(t) for t in worst.suspicious_times_s)

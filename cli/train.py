@@ -49,7 +49,7 @@ def prepare(
     frames: Annotated[int, typer.Option(help="Frames sampled evenly over each video")] = 32,
     margin: Annotated[float, typer.Option(help="Crop enlargement around the face box (fraction of its side)")] = 0.3,
     size: Annotated[int, typer.Option(help="Side of the saved square crops (the model's input size)")] = 256,
-    layout: Annotated[str, typer.Option(help="folder | ffpp | celebdf | dfdc | reals")] = "folder",
+    layout: Annotated[str, typer.Option(help="folder | ffpp | celebdf | dfdc | reals | manifest")] = "folder",
     holdout: Annotated[float, typer.Option(help="reals layout: share of people held back as the test split")] = 0.15,
     subset: Annotated[int | None, typer.Option(help="reals layout: keep N items (smallest sha256 of the path)")] = None,
     still_padding: Annotated[float, typer.Option(help="Reflect padding around still images (fraction of side)")] = 0.25,
@@ -63,6 +63,9 @@ def prepare(
     min_score: Annotated[float, typer.Option(help="Ignore faces the detector scores lower (as scan)")] = MIN_FACE_SCORE,
     device: Annotated[str, typer.Option(help="cpu | cuda (face detection)")] = "cpu",
     decoder: Annotated[str, typer.Option(help="auto | dali | pyav")] = "auto",
+    manifest_split: Annotated[
+        str, typer.Option(help="manifest layout: the split to prepare (a devset's val split is never trained on)")
+    ] = "train",
 ) -> None:
     """Extract face crops for training: the scanner's detector on N evenly spaced frames per video; resumable."""
     from trainer.prepare import PrepareOptions
@@ -77,6 +80,8 @@ def prepare(
             layout_options["splits_dir"] = splits_dir
     if layout == "reals":
         layout_options = {"holdout": holdout, "subset": subset}
+    if layout == "manifest":
+        layout_options = {"split": manifest_split}
     try:
         options = PrepareOptions(
             frames=frames, margin=margin, square=not stretch, still_padding=still_padding, size=size,
@@ -154,6 +159,15 @@ def train(
         ),
     ] = None,
     allow_random_init: Annotated[bool, typer.Option("--allow-random-init", help="Train the backbone from random init")] = False,
+    init_weights: Annotated[
+        Path | None, typer.Option(help="Fine-tune: start from these deployable weights (e.g. the shipped model)")
+    ] = None,
+    degrade: Annotated[
+        bool, typer.Option("--degrade", help="Real-footage degradations on both classes (shift, resize, H.264, blur, noise)")
+    ] = False,
+    keep_step_weights: Annotated[
+        bool, typer.Option("--keep-step-weights", help="Keep weights/step-N.safetensors at every checkpoint")
+    ] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its latest checkpoint")] = False,
     stop_at: Annotated[int | None, typer.Option(help="Stop at this step with a checkpoint (continue with --resume)")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
@@ -172,6 +186,8 @@ def train(
         "allow_random_vgg": allow_random_vgg, "backbone_weights": backbone_weights,
         "allow_random_init": allow_random_init, "fakes": fakes, "patience": patience,
         "con_network": con_network, "con_weights": con_weights, "max_minutes": max_minutes,
+        "init_weights": init_weights, "keep_step_weights": keep_step_weights,
+        "degrade": {} if degrade else None,
     }  # fmt: skip
     loss: dict[str, Any] = {
         "use_emb": not no_emb, "use_con": not no_con, "use_adv": not no_adv, "freq_weighting": freq_loss,
@@ -288,7 +304,20 @@ def self_blend_command(
 @app.command()
 def evaluate(
     weights: Annotated[Path, typer.Argument(help="Deployable weights (.safetensors with RALF metadata)")],
-    data: Annotated[Path, typer.Argument(help="Prepared crops (index.jsonl) or a folder layout of crop folders")],
+    data: Annotated[
+        Path | None, typer.Argument(help="Prepared crops (index.jsonl) or a folder layout of crop folders")
+    ] = None,
+    videos: Annotated[
+        Path | None,
+        typer.Option(
+            help="Labelled videos (a manifest CSV with file,label[,split,kind,method] or a folder with real/ and "
+            "fake/), scanned exactly as `ralf-cli scan` does; instead of DATA"
+        ),
+    ] = None,
+    cache: Annotated[
+        Path | None, typer.Option(help="--videos: JSONL of verdicts kept between runs (resumes, re-reports)")
+    ] = None,
+    resamples: Annotated[int, typer.Option(min=0, help="--videos: bootstrap resamples for the 95% intervals")] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
     roc: Annotated[Path | None, typer.Option(help="Write the ROC curves to this PNG")] = None,
     distortion: Annotated[str | None, typer.Option(help="contrast | blur | jpeg | pixelation (DeeperForensics level 2)")] = None,
@@ -306,7 +335,18 @@ def evaluate(
     ] = None,
 ) -> None:
     """Acc, AUC, EER and AP at frame and video level; optional distortion with its AUC drop; ROC PNG;
-    false-positive rates per group of people."""
+    false-positive rates per group of people. With --videos: real-world videos scanned as `scan` does,
+    video AUC/AP/TPR/FPR with bootstrap intervals per kind and method, and the false positives by file."""
+    if (data is None) == (videos is None):
+        fail("give either DATA (prepared crops) or --videos MANIFEST_OR_DIR")
+    if videos is not None:
+        from cli.video_evaluation import evaluate_videos
+
+        split_name = None if split in ("auto", "all") else split
+        evaluate_videos(weights, videos, split=split_name, cache=cache, resamples=resamples, as_json=as_json,
+                        threshold=threshold, progress=progress, device=device)  # fmt: skip
+        return
+    assert data is not None
     from trainer.distortions import DISTORTIONS
     from trainer.evaluate import evaluate as run_evaluation
     from trainer.roc_plot import plot_roc

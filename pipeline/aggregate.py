@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pipeline.verdict import MAX_FRAME_POINTS, FramePoint, TrackVerdict, VerdictLabel
+from pipeline.track_evidence import EvidenceRule, deciding_tracks
 from ralf.core.options import AggregationName
 
 
@@ -23,6 +24,7 @@ class FaceScore:
     frame_index: int
     timestamp_s: float
     probability: float  # P(fake)
+    face_px: float | None = None  # longer side of the face box, frame pixels
 
 
 def track_score(probabilities: Sequence[float], method: AggregationName = "mean", top_k: int = 5) -> float:
@@ -68,9 +70,11 @@ def aggregate_tracks(
     method: AggregationName = "mean",
     top_k: int = 5,
     suspicious_count: int = 3,
+    rule: EvidenceRule = EvidenceRule(),
 ) -> list[TrackVerdict]:
     """One `TrackVerdict` per track id seen in `faces`, in order of track id, each marked with whether
-    it decides the video (see `deciding_tracks`) and carrying its scores over time."""
+    it decides the video (`pipeline.track_evidence.deciding_tracks` under `rule`) and carrying its scores
+    over time."""
     by_track: dict[int, list[FaceScore]] = defaultdict(list)
     for face in faces:
         by_track[face.track_id].append(face)
@@ -78,6 +82,7 @@ def aggregate_tracks(
     for track_id in sorted(by_track):
         track_faces = by_track[track_id]
         times = [f.timestamp_s for f in track_faces]
+        sizes = [f.face_px for f in track_faces if f.face_px is not None]
         verdicts.append(
             TrackVerdict(
                 track_id=track_id,
@@ -85,39 +90,22 @@ def aggregate_tracks(
                 num_faces=len(track_faces),
                 first_time_s=min(times),
                 last_time_s=max(times),
+                face_px=round(float(statistics.median(sizes)), 1) if sizes else None,
                 suspicious_times_s=suspicious_times(track_faces, suspicious_count),
                 frame_scores=frame_points(track_faces),
             )
         )
-    deciding = {t.track_id for t in deciding_tracks(verdicts)}
-    return [t.model_copy(update={"decides": t.track_id in deciding}) for t in verdicts]
+    deciding = {t.track_id for t in deciding_tracks(verdicts, rule)}
+    return [
+        t.model_copy(update={"decides": t.track_id in deciding, "thin_evidence": rule.thin_reason(t)}) for t in verdicts
+    ]
 
 
-# A track needs this many faces to decide the video, unless no track has that many.
-MIN_DECIDING_FACES = 2
-
-
-def deciding_tracks(tracks: Sequence[TrackVerdict], min_faces: int = MIN_DECIDING_FACES) -> list[TrackVerdict]:
-    """The tracks allowed to set the video score: those with at least `min_faces` faces.
-
-    A track seen in a single sampled frame, next to tracks seen in many, is most often a detector
-    false positive (a face-like texture) or a tracking split, and its one random-looking score
-    would otherwise decide the whole video. Such tracks stay in the verdict, with their scores,
-    but do not decide it. When no track has `min_faces` faces (a short clip, a face seen once),
-    every track decides, so a video with faces always gets a score.
-    The price: a face shown for less than one sampling interval next to a longer-tracked person
-    is reported but cannot make the video fake on its own.
-    """
-    if min_faces < 1:
-        raise ValueError(f"min_faces must be >= 1, got {min_faces}")
-    established = [t for t in tracks if t.num_faces >= min_faces]
-    return established or list(tracks)
-
-
-def video_score(tracks: Sequence[TrackVerdict], min_faces: int = MIN_DECIDING_FACES) -> float | None:
-    """The most suspicious deciding track's score (see `deciding_tracks`): one forged person makes
-    the video fake. None without tracks."""
-    deciding = deciding_tracks(tracks, min_faces)
+def video_score(tracks: Sequence[TrackVerdict]) -> float | None:
+    """The most suspicious deciding track's score (`TrackVerdict.decides`, set by `aggregate_tracks`):
+    one forged person makes the video fake. None without tracks. Tracks stored before `decides` was
+    recorded (None) all decide."""
+    deciding = [t for t in tracks if t.decides is not False]
     if not deciding:
         return None
     return max(t.score for t in deciding)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pipeline.explanation import fmt_time, verdict_in_words
 from pipeline.verdict import EvidenceFrame, TrackVerdict, Verdict
 
 TRACK_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
@@ -67,34 +68,6 @@ def e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def fmt_time(seconds: float) -> str:
-    minutes, rest = divmod(max(0.0, seconds), 60)
-    return f"{int(minutes)}:{rest:04.1f}" if minutes else f"{rest:.1f} s"
-
-
-def verdict_in_words(v: Verdict) -> str:
-    """One or two plain sentences: the decision, the score against the threshold, and why."""
-    threshold = f"{v.threshold:.2f}"
-    deciding = [t for t in v.tracks if t.decides is not False]
-    worst = max(deciding or v.tracks, key=lambda t: t.score, default=None)
-    if v.label == "error":
-        return f"Not judged: the video could not be scanned ({v.error or 'no reason recorded'})."
-    if v.label == "no_face":
-        return (
-            f"No face was found in the {v.counts.frames_decoded} frames looked at, so nothing was judged; "
-            "this says nothing about whether the video is manipulated."
-        )
-    assert v.score is not None and worst is not None
-    who = f"person {worst.track_id}" if len(v.tracks) > 1 else "the one person found"
-    when = f"seen {fmt_time(worst.first_time_s)}–{fmt_time(worst.last_time_s)}"
-    people = len(deciding)  # tracks seen too briefly to decide are listed under "What was not looked at"
-    among = f", the most suspicious of {people} people," if people > 1 else ""
-    if v.label == "fake":
-        return (
-            f"Likely manipulated: {who} ({when}){among} scored P(fake) {v.score:.2f}, at or above the threshold "
-            f"{threshold}. One manipulated face is enough to flag the video."
-        )
-    return f"No manipulation found: {who} ({when}){among} scored P(fake) {v.score:.2f}, below the threshold {threshold}."
 
 
 
@@ -252,7 +225,7 @@ def not_looked_at(v: Verdict, images: _Images) -> list[str]:
     for track in v.tracks:
         if track.decides is False:
             notes.append(
-                f"Person {track.track_id} was seen in only {track.num_faces} sampled frame(s), fewer than the others: "
+                f"Person {track.track_id} had too little evidence to decide ({track.thin_evidence or 'seen briefly'}): "
                 f"reported (P(fake) {track.score:.2f}) but not allowed to decide the video."
             )
     if v.counts.frames_decoded and v.label != "error":
@@ -344,7 +317,7 @@ def render_verdict(item: ReportItem) -> str:
         rows = "".join(
             f'<tr><td><span class="swatch" style="background:{colours[t.track_id]}"></span>{t.track_id}</td>'
             f"<td>{t.score:.3f}</td><td>{t.num_faces}</td><td>{e(fmt_time(t.first_time_s))} – {e(fmt_time(t.last_time_s))}</td>"
-            f"<td>{'yes' if t.decides is not False else 'no (seen too briefly)'}</td>"
+            f"<td>{'yes' if t.decides is not False else 'no (' + (t.thin_evidence or 'too little evidence') + ')'}</td>"
             f"<td>{e(', '.join(fmt_time(s) for s in t.suspicious_times_s))}</td></tr>"
             for t in v.tracks
         )

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 
 from pipeline.aggregate import FaceScore, aggregate_tracks, video_label, video_score
+from pipeline.explanation import explanation
+from pipeline.track_evidence import EvidenceRule
 from pipeline.crops import crop_faces
 from pipeline.decode import FrameBatch, VideoDecodeError, VideoInfo, VideoStream, open_video, probe_video
 from pipeline.decode.prefetch import prefetch
@@ -135,6 +137,12 @@ class Scanner:
         return derived
 
     @property
+    def evidence_rule(self) -> EvidenceRule:
+        """What a track needs to decide the video (pipeline/track_evidence.py)."""
+        options = self.options
+        return EvidenceRule(options.min_track_faces, options.min_track_seconds, options.min_track_face_px)
+
+    @property
     def threshold(self) -> float:
         return self.decision.threshold
 
@@ -188,17 +196,18 @@ class Scanner:
             return self._verdict(path, state, label="error", error=str(error))
 
         aggregate_started = time.perf_counter()
+        rule = self.evidence_rule
         tracks = aggregate_tracks(
-            state.faces, self.options.aggregation, self.options.top_k, self.options.suspicious_frames
+            state.faces, self.options.aggregation, self.options.top_k, self.options.suspicious_frames, rule
         )
         score = video_score(tracks)
         state.counts.tracks = len(tracks)
         state.timings.aggregate_s = time.perf_counter() - aggregate_started
         evidence = self._write_evidence(state, tracks, evidence_dir)
         state.timings.total_s = time.perf_counter() - started
-        verdict = self._verdict(
-            path, state, label=video_label(score, self.decision.threshold), score=score, tracks=tracks
-        )
+        label = video_label(score, self.decision.threshold)
+        verdict = self._verdict(path, state, label=label, score=score, tracks=tracks)
+        verdict = verdict.model_copy(update={"explanation": explanation(verdict)})
         return verdict if evidence is None else verdict.model_copy(update=evidence)
 
     def _write_evidence(
@@ -310,7 +319,8 @@ class Scanner:
             track_ids = tracker.update(index, timestamp, found.boxes)
             positions.extend([position] * len(track_ids))
             boxes.append(found.boxes.to(torch.float32))
-            meta.extend(FaceMeta(track_id, index, timestamp) for track_id in track_ids)
+            sides = (found.boxes[:, 2:] - found.boxes[:, :2]).amax(dim=1).tolist() if len(track_ids) else []
+            meta.extend(FaceMeta(track_id, index, timestamp, face_px=side) for track_id, side in zip(track_ids, sides, strict=True))
         if state.evidence is not None and meta:
             state.evidence.attach(batch.frames, positions, torch.cat(boxes), meta)
         _synchronize(self.device)
@@ -342,7 +352,9 @@ class Scanner:
         logits = torch.cat([self._logits(crops[start : min(start + batch, ready)]) for start in range(0, ready, batch)])
         probabilities = self.decision.probabilities(logits)  # copies to the CPU, so it also synchronises
         for meta, probability in zip(state.pending_meta[:ready], probabilities, strict=True):
-            state.faces.append(FaceScore(meta.track_id, meta.frame_index, meta.timestamp_s, probability))
+            state.faces.append(
+                FaceScore(meta.track_id, meta.frame_index, meta.timestamp_s, probability, meta.face_px)
+            )
         if state.evidence is not None:
             state.evidence.offer(state.pending_meta[:ready], crops[:ready], probabilities)
         state.pending_crops = [crops[ready:]] if ready < count else []

@@ -21,6 +21,7 @@ class FaceMeta:
     track_id: int
     frame_index: int
     timestamp_s: float
+    face_px: float = 0.0  # longer side of the face box, frame pixels
     view: FaceView | None = None  # frame context, only while collecting evidence
 
 

@@ -26,13 +26,19 @@ class TrackVerdict(BaseModel):
     num_faces: int
     first_time_s: float
     last_time_s: float
+    face_px: float | None = Field(None, description="Median longer side of the track's face boxes, frame pixels")
     suspicious_times_s: list[float] = Field(
         default_factory=list, description="Timestamps of the most suspicious frames, most suspicious first"
     )
     decides: bool | None = Field(
         None,
-        description="Whether this track may set the video score (tracks seen in fewer frames than the others "
-        "are reported but do not decide); None in verdicts stored before this was recorded",
+        description="Whether this track may set the video score: tracks with too little evidence (too few faces "
+        "over too short a time, or too small faces; pipeline/track_evidence.py) are reported but do not decide, "
+        "unless no track has enough; None in verdicts stored before this was recorded",
+    )
+    thin_evidence: str | None = Field(
+        None, description="Why this track has too little evidence to decide the video on its own ('2 faces over "
+        "0.5 s', 'faces 30 px, under 40 px'); None when it has enough"
     )
     frame_scores: list[FramePoint] = Field(
         default_factory=list,
@@ -109,6 +115,9 @@ class Verdict(BaseModel):
         "'internal: ...' marks a failure of the scanner itself (a bug or exhausted resources), not of the input",
     )
     warnings: list[str] = Field(default_factory=list)
+    explanation: str = Field(
+        "", description="In words, why the video was or was not flagged (which track decided, which were too thin)"
+    )
     evidence_dir: str | None = Field(None, description="Where the evidence images were written; None: not asked for")
     evidence: list[EvidenceFrame] = Field(
         default_factory=list, description="Evidence images of the most suspicious faces of each track"

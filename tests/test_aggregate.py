@@ -10,7 +10,6 @@ import torch
 from pipeline.aggregate import (
     FaceScore,
     aggregate_tracks,
-    deciding_tracks,
     suspicious_times,
     track_score,
     video_label,
@@ -75,20 +74,20 @@ def test_video_is_as_suspicious_as_its_worst_track() -> None:
     assert video_label(0.49, threshold=0.5) == "real"
 
 
-def _track(track_id: int, score: float, num_faces: int) -> TrackVerdict:
-    return TrackVerdict(track_id=track_id, score=score, num_faces=num_faces, first_time_s=0.0, last_time_s=1.0)
-
-
-def test_a_face_seen_once_does_not_decide_next_to_tracked_people() -> None:
-    person, glimpse = _track(0, 0.2, num_faces=8), _track(1, 0.9, num_faces=1)
-    assert deciding_tracks([person, glimpse]) == [person]
+def test_video_score_is_the_most_suspicious_deciding_track() -> None:
+    person = TrackVerdict(track_id=0, score=0.2, num_faces=8, first_time_s=0.0, last_time_s=4.0, decides=True)
+    glimpse = TrackVerdict(track_id=1, score=0.9, num_faces=1, first_time_s=1.0, last_time_s=1.0, decides=False)
     assert video_score([person, glimpse]) == pytest.approx(0.2)
-    # ...but it is the evidence when it is all there is, and the threshold is configurable.
-    assert video_score([glimpse]) == pytest.approx(0.9)
-    assert video_score([_track(0, 0.9, 1), _track(1, 0.3, 1)]) == pytest.approx(0.9)
-    assert video_score([person, glimpse], min_faces=1) == pytest.approx(0.9)
-    with pytest.raises(ValueError):
-        deciding_tracks([person], min_faces=0)
+    # Verdicts stored before `decides` was recorded: every track decides.
+    assert video_score([glimpse.model_copy(update={"decides": None}), person]) == pytest.approx(0.9)
+
+
+def test_aggregate_tracks_marks_thin_tracks_with_their_reason() -> None:
+    faces = [FaceScore(0, i, i * 0.5, 0.2, face_px=80.0) for i in range(6)] + [FaceScore(1, 2, 1.0, 0.99, face_px=60.0)]
+    person, glimpse = aggregate_tracks(faces)
+    assert (person.decides, person.thin_evidence, person.face_px) == (True, None, 80.0)
+    assert glimpse.decides is False and glimpse.thin_evidence == "1 face over 0.0 s"
+    assert video_score([person, glimpse]) == pytest.approx(0.2)
 
 
 def test_no_faces_is_no_face() -> None:

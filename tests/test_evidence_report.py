@@ -48,7 +48,7 @@ def test_evidence_lists_each_tracks_most_suspicious_faces(scanned: tuple[Verdict
         assert [e.time_s for e in items] == track.suspicious_times_s
         by_time = {p.time_s: p.score for p in track.frame_scores}
         assert [round(e.score, 4) for e in items] == [by_time[round(e.time_s, 4)] for e in items]
-        assert track.decides is True and len(track.frame_scores) == track.num_faces
+        assert track.decides is (track.thin_evidence is None) and len(track.frame_scores) == track.num_faces
     size = 64  # the tiny preset's crop size
     for item in verdict.evidence:
         for name in (item.crop, item.residual, item.attention):
@@ -117,7 +117,12 @@ def test_report_is_self_contained_and_says_what_was_not_looked_at(scanned: tuple
         update={
             "path": '<script>alert("x")</script>.mp4',
             "warnings": [*verdict.warnings, "<img src=http://evil.example/x>"],
-            "tracks": [*verdict.tracks, verdict.tracks[0].model_copy(update={"track_id": 9, "num_faces": 1, "decides": False})],
+            "tracks": [
+                    *verdict.tracks,
+                    verdict.tracks[0].model_copy(
+                        update={"track_id": 9, "num_faces": 1, "decides": False, "thin_evidence": "1 face over 0.0 s"}
+                    ),
+                ],
         }
     )
     html = render_report([ReportItem(hostile, Path(verdict.evidence_dir or ""))])
@@ -133,7 +138,7 @@ def test_report_is_self_contained_and_says_what_was_not_looked_at(scanned: tuple
     # the verdict in words, the threshold, the model, what was not looked at
     assert verdict_in_words(verdict) in html.replace("&#x27;", "'")
     assert f"threshold {verdict.threshold:.2f}" in html and verdict.model_version in html
-    assert "Person 9 was seen in only 1 sampled frame" in html and "Random weights" in html
+    assert "Person 9 had too little evidence to decide (1 face over 0.0 s)" in html and "Random weights" in html
     assert "Only sampled frames were looked at: 5 frames" in html
     # images that are gone are named, not fatal
     missing = render_report([ReportItem(verdict, tmp_path / "nowhere")])

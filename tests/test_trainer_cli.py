@@ -150,3 +150,36 @@ def test_evaluate_val_split_reproduces_training_validation(trained: tuple[Path, 
     assert report["split"] == "val"
     assert report["clean"]["frame"]["num_real"] == validation["frame"]["num_real"]
     assert report["clean"]["frame"]["auc"] == pytest.approx(validation["frame"]["auc"], abs=1e-9)
+
+
+def test_fine_tune_starts_from_weights_and_keeps_step_weights(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """--init-weights: the run starts from deployable weights (recorded in the metadata), with degradations
+    on both classes, and --keep-step-weights leaves deployable weights of every checkpoint for choosing later."""
+    from ralf.core.metadata import read_metadata
+    from ralf.weights import load_weights
+
+    data, run = trained
+    start = run / "last.safetensors"
+    args = [a for a in TINY if a != "--allow-random-init"]
+    tuned = tmp_path / "tuned"
+    result = runner.invoke(app, [
+        "train", str(data), str(tuned), *args, "--init-weights", str(start), "--degrade", "--keep-step-weights",
+        "--steps", "2", "--val-every", "2", "--checkpoint-every", "1", "--lr", "1e-12", "--disc-lr", "1e-12",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tuned / "weights").iterdir()) == ["step-000001.safetensors", "step-000002.safetensors"]
+    metadata = read_metadata(tuned / "last.safetensors")
+    assert metadata.pretrained["init"].startswith(f"weights:{read_metadata(start).model_version}:")
+    assert metadata.training["train_config"]["degrade"]["h264_prob"] > 0
+    before, _ = load_weights(start)
+    after, _ = load_weights(tuned / "last.safetensors")
+    # a vanishing learning rate: the classifier's weights are still those it started from
+    for name, tensor in before.classifier.state_dict().items():
+        if tensor.is_floating_point() and "running" not in name:
+            assert (after.classifier.state_dict()[name] - tensor).abs().max() < 1e-6, name
+
+    other = runner.invoke(app, ["train", str(data), str(tmp_path / "x"), *args, "--image-size", "48", "--init-weights", str(start)])
+    assert other.exit_code == 2 and "different network" in other.output
+    both = runner.invoke(app, ["train", str(data), str(tmp_path / "y"), *args, "--init-weights", str(start),
+                               "--backbone-weights", str(start)])  # fmt: skip
+    assert both.exit_code == 2 and "exclude each other" in both.output

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ralf.config import Backbone, Pooling, RALFConfig
 from ralf.keras_xception import KERAS_CLASSIFIER_SETTINGS, is_keras_file
 from ralf.losses.objective import LossConfig
+from trainer.degrade import DegradeConfig
 from trainer.sbi import SelfBlendConfig
 
 PresetName = Literal["tiny", "lite", "paper"]
@@ -22,7 +23,7 @@ TrainDevice = Literal["auto", "cpu", "cuda"]
 # Fields that only change how a run is observed or scheduled on hardware, not what it computes:
 # they may differ between a run and its resumption.
 RESUME_MUTABLE_FIELDS = frozenset(
-    {"num_workers", "log_every", "checkpoint_every", "keep_checkpoints", "device", "max_minutes"}
+    {"num_workers", "log_every", "checkpoint_every", "keep_checkpoints", "device", "max_minutes", "keep_step_weights"}
 )
 
 
@@ -50,6 +51,10 @@ class TrainConfig(BaseModel):
     )
     fakes: FakeSource = "data"
     sbi: SelfBlendConfig = SelfBlendConfig()
+    degrade: DegradeConfig | None = Field(
+        None, description="Real-footage degradations (shift/scale, down-up resize, H.264, blur, noise, colour) on "
+        "both classes of the training batches; None: off"
+    )
     patience: int | None = Field(
         None, ge=1, description="Stop after this many validations without a better validation AUC"
     )
@@ -62,6 +67,10 @@ class TrainConfig(BaseModel):
     log_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(1000, ge=1)
     keep_checkpoints: int = Field(2, ge=1, description="Step checkpoints kept besides 'best'")
+    keep_step_weights: bool = Field(
+        False, description="Also keep deployable weights of every checkpoint (weights/step-N.safetensors), so that "
+        "checkpoints can be chosen by real-video metrics afterwards"
+    )
     seed: int = 0
     num_workers: int = Field(2, ge=0)
     device: TrainDevice = "auto"
@@ -77,6 +86,9 @@ class TrainConfig(BaseModel):
         None, description="Local ImageNet file of the classifier backbone (Xception .pth/.keras, torchvision .pth)"
     )
     allow_random_init: bool = False
+    init_weights: Path | None = Field(
+        None, description="Start from these deployable RALF weights (a fine-tune) instead of ImageNet initialisation"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -96,7 +108,9 @@ class TrainConfig(BaseModel):
             raise ValueError("--vgg19-weights and --allow-random-vgg exclude each other")
         if self.backbone_weights is not None and self.allow_random_init:
             raise ValueError("--backbone-weights and --allow-random-init exclude each other")
-        if self.backbone_weights is None and not self.allow_random_init:
+        if self.init_weights is not None and self.backbone_weights is not None:
+            raise ValueError("--init-weights and --backbone-weights exclude each other (the weights hold the backbone)")
+        if self.backbone_weights is None and not self.allow_random_init and self.init_weights is None:
             backbone = self.network_config().classifier.backbone
             raise ValueError(
                 f"the {backbone} classifier backbone starts from ImageNet weights (paper 4.3): pass "

@@ -19,10 +19,12 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch.utils.data import Dataset
 
+from trainer.degrade import DegradeConfig, degrade
 from trainer.layouts import IMAGE_SUFFIXES, DatasetLayoutError, Split, read_folder
 from trainer.sbi import SelfBlendConfig, default_landmarks, jpeg_compress, self_blend
 
 INDEX_FILE = "index.jsonl"
+DEGRADE_STREAM = 1  # the degradations draw from their own random stream, apart from the self-blending's
 
 
 class CropRow(BaseModel):
@@ -218,7 +220,9 @@ class FaceCropDataset(Dataset):
     every image (both classes) then gets the configured compression, all drawn from
     (seed, draw, index): a training run passes its step as `draw`, so each epoch sees new fakes
     and a resumed run the same ones; validation uses draw 0, the same fakes at every validation.
-    `distortion` (uint8 RGB -> uint8 RGB) is applied at the stored resolution, before resizing.
+    `degrade` (training batches: trainer/degrade.py) then changes both classes alike, drawn from its own
+    stream of (seed, draw, index). `distortion` (uint8 RGB -> uint8 RGB) is applied at the stored
+    resolution, before resizing.
     """
 
     def __init__(
@@ -228,8 +232,10 @@ class FaceCropDataset(Dataset):
         distortion: Callable[[np.ndarray], np.ndarray] | None = None,
         self_blend: SelfBlendConfig | None = None,
         seed: int = 0,
+        degrade: DegradeConfig | None = None,
     ) -> None:
         self.records = list(records)
+        self.degrade = degrade
         self.image_size = image_size
         self.distortion = distortion
         self.self_blend = self_blend
@@ -263,6 +269,8 @@ class FaceCropDataset(Dataset):
             return UnreadableImage(str(error))
         if self.self_blend is not None:
             image = self._blend(image, record, index, draw)
+        if self.degrade is not None:
+            image = degrade(image, np.random.default_rng([self.seed, draw, index, DEGRADE_STREAM]), self.degrade)
         if self.distortion is not None:
             image = self.distortion(image)
         tensor = to_model_input(image, self.image_size)

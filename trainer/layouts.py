@@ -12,6 +12,10 @@
   real faces with self-blended pseudo-fakes. Items of one person share a group (MEAD-style person
   ids such as `M030_`/`W009_` in the name; otherwise each file is its own person), and a fixed share
   of the groups, chosen by a hash of the group id, is held back as the `test` split.
+- manifest: a CSV with `file,label[,split,method,kind,layout,source_repo]` (trainer/video_sets.py; the
+  devset's `manifest.csv`), or a folder holding one; only the rows of `split` (default `train`: a
+  manifest's `val` split judges and is never trained on), which keep that split name. Videos of one source repository share a
+  group; side-by-side `panels` files are left out (not every face in them is fake).
 
 Every problem with a layout raises `DatasetLayoutError` naming the file or folder at fault.
 """
@@ -25,9 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
+from trainer.video_sets import VideoSetError, read_video_set
+
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[str, ...] = get_args(Split)
-LayoutName = Literal["folder", "ffpp", "celebdf", "dfdc", "reals"]
+LayoutName = Literal["folder", "ffpp", "celebdf", "dfdc", "reals", "manifest"]
 LAYOUTS: tuple[str, ...] = get_args(LayoutName)
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
@@ -64,7 +70,10 @@ class VideoEntry:
 
 def read_layout(name: str, root: Path, **options: object) -> list[VideoEntry]:
     """Entries of the dataset at `root` read with layout `name` (see the module docstring)."""
-    readers = {"folder": read_folder, "ffpp": read_ffpp, "celebdf": read_celebdf, "dfdc": read_dfdc, "reals": read_reals}
+    readers = {
+        "folder": read_folder, "ffpp": read_ffpp, "celebdf": read_celebdf, "dfdc": read_dfdc, "reals": read_reals,
+        "manifest": read_manifest,
+    }  # fmt: skip
     if name not in readers:
         raise DatasetLayoutError(f"unknown layout {name!r}; choose one of {list(LAYOUTS)}")
     root = Path(root)
@@ -295,3 +304,17 @@ def read_reals(root: Path, holdout: float = 0.15, subset: int | None = None) -> 
             )
         )
     return entries
+
+
+def read_manifest(root: Path, split: str = "train") -> list[VideoEntry]:
+    """The manifest's videos of `split` (panels files left out), grouped by source repository."""
+    try:
+        videos = read_video_set(root, split)
+    except VideoSetError as error:
+        raise DatasetLayoutError(str(error)) from None
+    return [
+        VideoEntry(path=v.path, video_id=v.name, group_id=v.group, is_fake=v.is_fake,
+                   split=v.split if v.split in SPLITS else None, source=v.method if v.is_fake else "real")  # type: ignore[arg-type]  # fmt: skip
+        for v in videos
+        if not v.is_panels
+    ]

@@ -44,6 +44,7 @@ DEFAULT_EPOCHS = 100
 LOG_FILE = "train_log.jsonl"
 BEST_WEIGHTS = "best.safetensors"
 LAST_WEIGHTS = "last.safetensors"
+STEP_WEIGHTS = "weights"  # deployable weights of every checkpoint, with keep_step_weights
 CHECKPOINTS = "checkpoints"
 
 
@@ -145,6 +146,9 @@ class Trainer:
         )
         ckpt.save_checkpoint(self.checkpoint_root, state, self.config.keep_checkpoints)
         self._export(self.out_dir / LAST_WEIGHTS)
+        if self.config.keep_step_weights:
+            (self.out_dir / STEP_WEIGHTS).mkdir(exist_ok=True)
+            self._export(self.out_dir / STEP_WEIGHTS / f"step-{self.step:06d}.safetensors")
 
     def _export(self, path: Path, val_auc: float | None = None) -> None:
         training = {
@@ -200,7 +204,7 @@ class Trainer:
 
     def _loader(self, start: int, stop: int) -> DataLoader:
         return DataLoader(
-            self.data.dataset(self.data.train),
+            self.data.dataset(self.data.train, training=True),
             batch_sampler=self.data.plan.steps(start, stop),
             num_workers=self.config.num_workers,
             collate_fn=collate_crops,

@@ -7,6 +7,7 @@ The classifier backbone and the L_con features start from local files named in t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -16,7 +17,9 @@ from ralf.losses.embedding import CenterTracker
 from ralf.losses.mobilenet_features import MobileNetV2Features
 from ralf.losses.objective import RALFObjective
 from ralf.model import RALF
+from ralf.core.files import file_sha256
 from ralf.pretrained_torchvision import load_backbone_imagenet
+from ralf.weights import load_weights
 from trainer.config import TrainConfig
 from trainer.runtime import Runtime
 
@@ -43,6 +46,8 @@ def build_parts(config: TrainConfig, runtime: Runtime) -> tuple[TrainingParts, R
     pretrained = {"classifier": "random-init", "vgg19": "unused"}
     if config.backbone_weights is not None:
         pretrained["classifier"] = load_backbone_imagenet(model, config.backbone_weights)
+    if config.init_weights is not None:
+        pretrained["classifier"] = pretrained["init"] = load_initial_weights(model, config.init_weights)
     discriminator = Discriminator(network.discriminator, network.image_size)
     vgg: VGG19Features | MobileNetV2Features | None = None
     if config.loss.use_con and config.con_network == "mobilenet_v2":
@@ -66,3 +71,16 @@ def build_parts(config: TrainConfig, runtime: Runtime) -> tuple[TrainingParts, R
         scaler_disc=runtime.grad_scaler(),
     )
     return parts, objective, pretrained
+
+
+def load_initial_weights(model: RALF, path: Path) -> str:
+    """Copy deployable weights (every tensor, the L_emb center included) into `model`, whose network
+    configuration must be the same; returns what the metadata records ("weights:<version>:<sha256>")."""
+    loaded, metadata = load_weights(path)
+    if loaded.config != model.config:
+        raise ValueError(
+            f"--init-weights {path} holds a different network ({loaded.config.model_dump()} vs the run's "
+            f"{model.config.model_dump()}); choose the preset, backbone and image size of those weights"
+        )
+    model.load_state_dict(loaded.state_dict())
+    return f"weights:{metadata.model_version}:{file_sha256(path)}"

@@ -22,6 +22,7 @@ from trainer.data import (
 )
 from trainer.prepare import read_prepare_options
 from trainer.runtime import Runtime, TrainingError
+from trainer.degrade import DegradeConfig
 from trainer.sbi import SelfBlendConfig
 
 
@@ -35,9 +36,11 @@ class RunData:
     image_size: int
     self_blend: SelfBlendConfig | None
     seed: int
+    degrade: DegradeConfig | None = None  # training batches only; validation sees the crops as they are
 
-    def dataset(self, records: Sequence[CropRecord]) -> FaceCropDataset:
-        return FaceCropDataset(records, self.image_size, self_blend=self.self_blend, seed=self.seed)
+    def dataset(self, records: Sequence[CropRecord], *, training: bool = False) -> FaceCropDataset:
+        degrade = self.degrade if training else None
+        return FaceCropDataset(records, self.image_size, self_blend=self.self_blend, seed=self.seed, degrade=degrade)
 
 
 def load_run_data(config: TrainConfig, folders: Sequence[Path], runtime: Runtime) -> RunData:
@@ -67,6 +70,7 @@ def load_run_data(config: TrainConfig, folders: Sequence[Path], runtime: Runtime
         image_size=config.network_config().image_size,
         self_blend=config.sbi if config.fakes != "data" else None,
         seed=config.seed,
+        degrade=config.degrade,
     )
 
 

@@ -60,6 +60,13 @@ class Sampling(BaseModel):
         return self
 
 
+# How much evidence a track needs to decide a video (pipeline/track_evidence.py; chosen on real videos,
+# MODEL_CARD.md "Decisions per video").
+MIN_TRACK_FACES = 3
+MIN_TRACK_SECONDS = 1.0
+MIN_TRACK_FACE_PX = 0.0
+
+
 class WorkerOptions(BaseModel):
     """The scan options a deployment fixes per worker (RALF_* settings): hardware, detector, engine and
     limits. A job payload can never change them (a payload must not pick a file to load)."""
@@ -135,6 +142,15 @@ class ScanOptions(WorkerOptions):
         "a min_face_size face becomes undetectable), mapped back, and cropped from the full frame; 0: full resolution",
     )
     suspicious_frames: int = Field(3, ge=0, description="Most suspicious frame times reported per track")
+    min_track_faces: int = Field(
+        MIN_TRACK_FACES, ge=1, description="A track decides the video only with this many faces (or min_track_seconds)"
+    )
+    min_track_seconds: float = Field(
+        MIN_TRACK_SECONDS, ge=0, description="... or this long between its first and last face"
+    )
+    min_track_face_px: float = Field(
+        MIN_TRACK_FACE_PX, ge=0, description="... and a median face box side of at least this many frame pixels"
+    )
     max_duration_s: float = Field(3 * 3600.0, gt=0, description="Longer videos get an error verdict")
 
     @model_validator(mode="before")
