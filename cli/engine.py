@@ -121,7 +121,14 @@ def export_command(
 @app.command("calibrate")
 def calibrate_command(
     weights: Annotated[Path, typer.Argument(help="RALF weights (.safetensors); calibration is written into them")],
-    data: Annotated[Path, typer.Option(help="Validation folder with real/ and fake/ (videos, crops or crop folders)")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="Validation folder with real/ and fake/ (videos at any depth, crops or crop folders), or a manifest "
+            "CSV of labelled videos (file,label[,split,...])"
+        ),
+    ],
+    split: Annotated[str | None, typer.Option(help="Manifest rows of this split only (e.g. train)")] = None,
     level: Annotated[
         LevelName | None, typer.Option(help="frame | video [default: video for videos, frame for crop images]")
     ] = None,
@@ -174,6 +181,7 @@ def calibrate_command(
             fit_temp=temperature,
             min_per_class=min_per_class or MIN_PER_CLASS,
             show_progress=err.is_terminal,
+            split=split,
         )
     except (CalibrationError, DatasetLayoutError, WeightsError) as error:
         fail(str(error))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +11,13 @@ from sklearn.metrics import roc_curve as sklearn_roc_curve
 
 from pipeline.aggregate import video_label
 from ralf.core.decision import Decision
-from trainer.calibrate import calibration_from_scores
-from trainer.scoring import ScoredSet
+from ralf.config import RALFConfig
+from ralf.core.metadata import WeightsMetadata
+from ralf.core.options import ScanOptions
+from ralf.model import RALF
+from ralf.weights import save_weights
+from trainer.calibrate import calibrate, calibration_from_scores
+from trainer.scoring import ScoredSet, ValidationItem, collect_items
 from trainer.thresholds import CalibrationError, choose_threshold, fit_temperature
 
 # Fixed score arrays with ties inside and across classes (scores are what the calibrator sees).
@@ -182,3 +188,44 @@ def test_small_real_set_warns_about_fpr_resolution() -> None:
     )
     assert result.calibration.achieved_fpr == 0.0
     assert any("steps of" in w for w in result.warnings)
+
+
+def test_video_items_come_from_nested_folders_or_a_manifest_split(tmp_path: Path) -> None:
+    """A folder of real/ and fake/ videos at any depth (a devset-style tree), or a manifest's rows of one split."""
+    for name in ("real/studio/a.mp4", "real/b.mp4", "fake/gen/deep/c.webm", "fake/gen/d.txt"):
+        (tmp_path / "tree" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "tree" / name).write_bytes(b"")
+    items = collect_items(tmp_path / "tree")
+    assert [(i.path.relative_to(tmp_path / "tree").as_posix(), i.is_fake, i.kind) for i in items] == [
+        ("real/b.mp4", False, "video"), ("real/studio/a.mp4", False, "video"), ("fake/gen/deep/c.webm", True, "video"),
+    ]  # fmt: skip
+    manifest = tmp_path / "list.csv"
+    manifest.write_text(
+        "file,label,split\ntree/real/b.mp4,real,train\ntree/fake/gen/deep/c.webm,fake,train\ntree/real/studio/a.mp4,real,val\n",
+        encoding="utf-8",
+    )
+    train = collect_items(manifest, "train")
+    assert [(i.name, i.is_fake) for i in train] == [("tree/real/b.mp4", False), ("tree/fake/gen/deep/c.webm", True)]
+    with pytest.raises(CalibrationError, match="needs a manifest"):
+        collect_items(tmp_path / "tree", "train")
+
+
+def test_manifest_calibration_never_reads_other_splits(tmp_path: Path) -> None:
+    weights = tmp_path / "w.safetensors"
+    save_weights(weights, RALF(RALFConfig.tiny()), WeightsMetadata(config=RALFConfig.tiny()))
+    rows = ["file,label,split"]
+    for i in range(12):
+        (tmp_path / f"v{i}.mp4").write_bytes(b"")
+        rows.append(f"v{i}.mp4,{'fake' if i % 2 else 'real'},{'train' if i < 10 else 'val'}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    seen: list[str] = []
+
+    def scorer(item: ValidationItem, temperature: float) -> float:
+        seen.append(item.name)
+        return 0.9 if item.is_fake else 0.1
+
+    result = calibrate(weights, tmp_path / "m.csv", options=ScanOptions(), split="train", video_scorer=scorer,
+                       target_fpr=0.2)  # fmt: skip
+    assert sorted(seen) == sorted(f"v{i}.mp4" for i in range(10))
+    assert (result.calibration.level, result.calibration.num_real, result.calibration.num_fake) == ("video", 5, 5)
+    assert result.calibration.achieved_tpr == 1.0 and result.calibration.achieved_fpr == 0.0

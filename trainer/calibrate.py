@@ -180,14 +180,16 @@ def calibrate(
     min_per_class: int = MIN_PER_CLASS,
     show_progress: bool = False,
     video_scorer: VideoScorer | None = None,
+    split: str | None = None,
 ) -> CalibrationResult:
     """Score `data` with the weights and the pipeline, and choose the threshold (nothing is written).
 
-    `video_scorer` replaces the scanner-based video scoring (tests, custom pipelines).
+    `data`: a folder with real/ and fake/, or a manifest of labelled videos (`split`: only its rows of
+    that split). `video_scorer` replaces the scanner-based video scoring (tests, custom pipelines).
     """
     weights_path, data = Path(weights_path), Path(data)
     read_metadata(weights_path)  # a clear WeightsError before any scoring
-    items = collect_items(data)
+    items = collect_items(data, split)
     for label in (False, True):
         if not any(item.is_fake == label for item in items):
             kind = "fake" if label else "real"

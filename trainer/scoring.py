@@ -29,6 +29,7 @@ from ralf.core.options import ScanOptions
 from trainer.data import read_rgb, to_model_input
 from trainer.layouts import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from trainer.thresholds import CalibrationError
+from trainer.video_sets import VIDEO_SET_SUFFIXES, VideoSetError, read_video_set
 
 CalibrationLevel = Literal["frame", "video"]
 ItemKind = Literal["video", "image", "crops"]
@@ -39,6 +40,10 @@ class ValidationItem:
     path: Path
     is_fake: bool
     kind: ItemKind
+    name: str | None = None  # as a manifest names it; else the path relative to the data folder
+
+    def display_name(self, root: Path) -> str:
+        return self.name if self.name is not None else self.path.relative_to(root).as_posix()
 
     def files(self) -> list[Path]:
         """The files this item's score is computed from."""
@@ -59,9 +64,19 @@ def _crop_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def collect_items(data: Path) -> list[ValidationItem]:
-    """Items of `data/real` and `data/fake` (videos, crop images, crop folders), sorted by path."""
+def collect_items(data: Path, split: str | None = None) -> list[ValidationItem]:
+    """Items of `data/real` and `data/fake` (videos, crop images, crop folders; videos also in sub-folders
+    of any depth), sorted by path; or the videos a manifest CSV lists (`trainer/video_sets.py`; a folder
+    holding `manifest.csv` too), optionally of one `split`."""
     data = Path(data)
+    if data.is_file() or (data / "manifest.csv").is_file():
+        try:
+            videos = read_video_set(data, split)
+        except VideoSetError as error:
+            raise CalibrationError(str(error)) from None
+        return [ValidationItem(v.path, v.is_fake, "video", v.name) for v in videos]
+    if split is not None:
+        raise CalibrationError(f"--split needs a manifest (a CSV, or a folder holding manifest.csv); {data} has none")
     if not data.is_dir():
         raise CalibrationError(f"validation folder not found: {data}")
     missing = [name for name in ("real", "fake") if not (data / name).is_dir()]
@@ -79,6 +94,9 @@ def collect_items(data: Path) -> list[ValidationItem]:
             if path.is_dir():
                 if _crop_images(path):
                     items.append(ValidationItem(path, label == "fake", "crops"))
+                else:  # a folder of videos (a source, a generator): every video below it
+                    videos = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SET_SUFFIXES)
+                    items.extend(ValidationItem(video, label == "fake", "video") for video in videos)
             elif suffix in VIDEO_SUFFIXES:
                 items.append(ValidationItem(path, label == "fake", "video"))
             elif suffix in IMAGE_SUFFIXES:
@@ -109,7 +127,8 @@ def dataset_fingerprint(root: Path, items: Iterable[ValidationItem]) -> str:
     lines = []
     for item in items:
         for file in item.files():
-            lines.append(f"{file.relative_to(root).as_posix()}\t{file.stat().st_size}\t{file_sha256(file)}")
+            name = item.name if item.name is not None else file.relative_to(root).as_posix()
+            lines.append(f"{name}\t{file.stat().st_size}\t{file_sha256(file)}")
     digest = hashlib.sha256()
     for line in sorted(lines):
         digest.update(line.encode() + b"\n")
@@ -155,7 +174,7 @@ def score_videos(
     """One P(fake) per video from `score_one(item, T)`, which returns a score or the reason there is none."""
     names, labels, scores, excluded = [], [], [], []
     for item in tqdm(items, desc="scoring videos", unit="video", disable=not show_progress):
-        name = item.path.relative_to(root).as_posix()
+        name = item.display_name(root)
         result = score_one(item, temperature)
         if isinstance(result, str):
             excluded.append((name, result))
