@@ -22,7 +22,9 @@ QUEUE_LIMIT = 500
 
 
 def _html(body: str, status: int = 200) -> HTMLResponse:
-    response = html_page(body, DESK_CSP)
+    # same-origin: the desk's own form posts carry their Origin (with no-referrer a browser sends
+    # `Origin: null`, which the origin check refuses); nothing leaks to other sites.
+    response = html_page(body, DESK_CSP, referrer="same-origin")
     response.status_code = status
     return response
 

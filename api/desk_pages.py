@@ -47,7 +47,7 @@ def page(title: str, body: str, *, reviewer: str | None = None, csrf: str | None
             '<button type="submit">sign out</button></form></header>'
         )
     return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="referrer" content="no-referrer">'
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="referrer" content="same-origin">'
         f'<title>{e(title)}</title><link rel="stylesheet" href="/review/static/desk.css"></head>'
         f"<body>{bar}<main>{body}</main></body></html>"
     )

@@ -139,9 +139,9 @@ def report_html(ctx: Services, job_id: str, name: str) -> str:
     return render_report([ReportItem(public_verdict(ctx, verdict, name), evidence, name=name)])
 
 
-def html_page(body: str, csp: str = CSP) -> HTMLResponse:
-    headers = {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
-               "Cache-Control": "no-store"}  # fmt: skip
+def html_page(body: str, csp: str = CSP, referrer: str = "no-referrer") -> HTMLResponse:
+    headers = {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "Referrer-Policy": referrer,
+               "Cache-Control": "no-store", "X-Frame-Options": "DENY"}  # fmt: skip
     return HTMLResponse(body, headers=headers)
 
 
