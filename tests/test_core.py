@@ -59,6 +59,23 @@ def test_importing_the_core_does_not_import_torch() -> None:
     assert int(count) >= 7 and torch_loaded == "False"
 
 
+IMPORT_THE_API = """
+import importlib, pkgutil, sys
+import api
+names = [m.name for m in pkgutil.walk_packages(api.__path__, "api.")]
+for name in names:
+    importlib.import_module(name)
+importlib.import_module("api.app").create_app()
+print(len(names), "torch" in sys.modules)
+"""
+
+
+def test_the_http_service_never_imports_torch() -> None:
+    # The API enqueues and reads verdicts; the model runs only on the workers.
+    count, torch_loaded = _run(IMPORT_THE_API).split()
+    assert int(count) >= 10 and torch_loaded == "False"
+
+
 ENQUEUE_WITH_WEIGHTS = """
 import json, sys
 from ralf.core.settings import Settings
