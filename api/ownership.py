@@ -55,6 +55,10 @@ class OwnershipStore:
                 pipe.sadd(self._upload_refs(ownership.upload_path), f"{key_id}:{ownership.job_id}")
             pipe.execute()
 
+    def unreferenced(self, upload_path: str) -> bool:
+        """No submission uses this stored upload (it may go)."""
+        return int(self.connection.scard(self._upload_refs(upload_path))) == 0
+
     def _upload_refs(self, upload_path: str) -> str:
         """Set of `<key>:<job>` submissions that use one stored upload (content-addressed: one file can
         serve several keys and, with other options, several jobs)."""

@@ -8,6 +8,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -98,6 +99,15 @@ async def parse_submission(request: Request, ctx: Services) -> Submission:
     )
 
 
+def _conflict(ctx: Services, submission: Submission) -> Problem:
+    """409; an upload that only this refused request brought is removed again. (A concurrent upload of the
+    very same content that has not recorded itself yet would lose its file and fail: only the same
+    content under a replayed key can meet this.)"""
+    if submission.kind == "upload" and ctx.ownership.unreferenced(submission.enqueue_text):
+        Path(submission.enqueue_text).unlink(missing_ok=True)
+    return Problem(409, "this Idempotency-Key was used with another request body", kind="idempotency-conflict")
+
+
 def check_replay(ctx: Services, key: KeyRecord, idempotency_key: str | None, submission: Submission) -> str | None:
     """The job id an earlier request with this Idempotency-Key made, or None; 409 if its body differed."""
     if idempotency_key is None:
@@ -106,7 +116,7 @@ def check_replay(ctx: Services, key: KeyRecord, idempotency_key: str | None, sub
     if earlier is None:
         return None
     if earlier.fingerprint != submission.fingerprint:
-        raise Problem(409, "this Idempotency-Key was used with another request body", kind="idempotency-conflict")
+        raise _conflict(ctx, submission)
     return earlier.job_id
 
 
@@ -129,7 +139,7 @@ async def submit(ctx: Services, key: KeyRecord, submission: Submission, idempote
     enqueued = await run_in_threadpool(_enqueue, ctx, submission)
     if idempotency_key is not None:
         held = ctx.ownership.remember(key.key_id, idempotency_key, IdempotencyRecord(fingerprint=submission.fingerprint, job_id=enqueued.job_id))
-        if held.fingerprint != submission.fingerprint:
+        if held.fingerprint != submission.fingerprint:  # a concurrent request with this key won; the job stays
             raise Problem(409, "this Idempotency-Key was used with another request body", kind="idempotency-conflict")
     ownership = Ownership(
         job_id=enqueued.job_id,

@@ -53,6 +53,24 @@ def api_server(env: dict[str, str], log: Path) -> Iterator[str]:
             process.wait()
 
 
+@contextlib.contextmanager
+def uvicorn_in_thread(application: Any) -> Iterator[str]:
+    """A real uvicorn server for an application built in the test (a deliberately broken deployment)."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(application, host="127.0.0.1", port=free_port(), log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, 30, "uvicorn in a thread")
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 def _answers(base: str) -> bool:
     try:
         return httpx.get(f"{base}/healthz", timeout=2).status_code == 200

@@ -18,7 +18,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from api_testing import api_env, api_server, bearer, is_problem, make_key, upload
+from api_testing import api_env, api_server, bearer, is_problem, make_key, upload, uvicorn_in_thread
 from cli.main import app
 from worker_testing import REDIS_URL, deployment_environment, requires_redis, wait_for
 from worker.housekeeping import delete_prefixed_keys
@@ -252,14 +252,16 @@ def test_a_public_url_is_accepted(base: str, submitter: str) -> None:
 # -- idempotency ---------------------------------------------------------------------------------------
 
 
-def test_idempotency_key(base: str, submitter: str) -> None:
+def test_idempotency_key(base: str, submitter: str, media: Path) -> None:
     key = {"Idempotency-Key": f"order-{uuid.uuid4()}"}
     first = upload(base, submitter, video_bytes("idem-1"), headers=key)
     replay = upload(base, submitter, video_bytes("idem-1"), headers=key)
     assert first.status_code == 202 and replay.status_code == 200
     assert replay.json()["id"] == first.json()["id"] and replay.headers["idempotent-replayed"] == "true"
+    stored = uploads_left(media)
     conflict = is_problem(upload(base, submitter, video_bytes("idem-2"), headers=key), 409)
     assert "Idempotency-Key" in conflict["detail"]
+    assert uploads_left(media) == stored  # the refused upload was not kept
     other_options = upload(base, submitter, video_bytes("idem-1"), headers=key, options='{"max_frames": 3}')
     is_problem(other_options, 409)
     url_key = {"Idempotency-Key": f"url-{uuid.uuid4()}"}
@@ -291,6 +293,31 @@ def test_a_job_still_queued_cannot_be_deleted(base: str, submitter: str) -> None
     job = upload(base, submitter, video_bytes("queued")).json()
     conflict = is_problem(httpx.delete(f"{base}/v1/scans/{job['id']}", headers=bearer(submitter)), 409)
     assert "queued" in conflict["detail"]
+
+
+# -- failures inside the service: problems, never internals ------------------------------------------
+
+
+def test_redis_down_is_a_503_and_an_internal_error_says_nothing(media: Path) -> None:
+    from api.app import create_app
+    from worker_testing import deployment_settings, free_port
+
+    gone = deployment_settings(PREFIX, media_roots=[media], redis_retries=0).model_copy(
+        update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}
+    )
+    service = create_app(gone)
+
+    @service.get("/boom")
+    def boom() -> None:
+        raise RuntimeError(f"secret internals at {media}")
+
+    with uvicorn_in_thread(service) as url, httpx.Client(base_url=url) as client:
+        answer = client.get("/v1/scans", headers=bearer("ralf_0123456789abcdef_" + "A" * 43))
+        body = is_problem(answer, 503)
+        assert answer.headers["retry-after"] == "5" and "6379" not in json.dumps(body) and "127.0.0.1" not in json.dumps(body)
+        assert client.get("/readyz").status_code == 503 and client.get("/healthz").status_code == 200
+        internal = is_problem(client.get("/boom"), 500)
+        assert "secret" not in json.dumps(internal) and "RuntimeError" not in json.dumps(internal)
 
 
 # -- limits ------------------------------------------------------------------------------------------------
