@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from api.bodies import read_form
 from api.context import Services, services
 from api.desk_pages import CSS, DESK_CSP, job_page, login_page, queue_page
 from api.problems import Problem
@@ -54,8 +55,7 @@ def _same_origin(request: Request) -> None:
 async def _form(request: Request, session_csrf: str | None) -> dict[str, str]:
     """The posted form, after the origin and CSRF checks (403 on failure)."""
     _same_origin(request)
-    form = await request.form()
-    fields = {name: value for name, value in form.items() if isinstance(value, str)}
+    fields = await read_form(request)
     if not same_token(fields.get("csrf"), session_csrf):
         raise Problem(403, "the form's CSRF token is missing or wrong; reload the page", kind="csrf")
     return fields

@@ -3,7 +3,7 @@ presented as `Authorization: Bearer ralf_<id>_<secret>`.
 
 A token holds 256 random bits, so its SHA-256 is a safe stored form (nothing to brute-force); the
 comparison is constant-time. Scopes: `submit` (submit and read one's own scans), `review` (the review
-desk), `admin` (everything both may do, and every scan)."""
+desk), `admin` (both)."""
 
 from __future__ import annotations
 

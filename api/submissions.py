@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from api.bodies import read_limited
 from api.context import Services
 from api.keys import KeyRecord
 from api.ownership import IdempotencyRecord, Ownership, SourceKind
@@ -49,9 +50,7 @@ def _invalid(exc: ValidationError) -> Problem:
 
 
 async def parse_json(request: Request) -> Submission:
-    body = await request.body()
-    if len(body) > JSON_LIMIT:
-        raise Problem(413, f"JSON bodies are limited to {JSON_LIMIT} bytes", kind="too-large")
+    body = await read_limited(request, JSON_LIMIT)
     try:
         parsed = ScanRequest.model_validate_json(body)
     except ValidationError as exc:

@@ -152,6 +152,13 @@ def test_the_desk_needs_a_session_and_csrf_and_keeps_every_decision(base: str, e
     assert "default-src 'none'" in queue.headers["content-security-policy"]
     only_fake = desk.get("/review/queue", params={"label": "fake"}).text
     assert all((s["id"] in only_fake) == (s["label"] == "fake") for s in scans)
+    middle = sorted(s["score"] for s in scans)[1]
+    band = desk.get("/review/queue", params={"min_score": middle, "max_score": 1}).text
+    assert all((s["id"] in band) == (s["score"] >= middle) for s in scans)
+    assert desk.get("/review/queue", params={"since": "2999-01-01"}).text.count('<tr data-job') == 0
+    assert desk.get("/review/queue", params={"until": "2999-01-01"}).text.count('<tr data-job') == CLIPS
+    assert desk.get("/review/queue", params={"reviewed": "yes"}).text.count('<tr data-job') == 0
+    is_problem(desk.get("/review/queue", params={"since": "yesterday"}), 400)
     job = scans[0]["id"]
     page = desk.get(f"/review/jobs/{job}")
     csrf = _csrf(page.text)
@@ -161,10 +168,12 @@ def test_the_desk_needs_a_session_and_csrf_and_keeps_every_decision(base: str, e
     first = desk.post(f"/review/jobs/{job}/decisions", data={"outcome": "unsure", "note": "<b>blurry</b>", "csrf": csrf})
     assert first.status_code == 303
     desk.post(f"/review/jobs/{job}/decisions", data={"outcome": "confirm_fake", "note": "second look", "csrf": csrf})
+    is_problem(desk.post(f"/review/jobs/{job}/decisions", data={"outcome": "unsure", "csrf": csrf, "note": "x" * 20000}), 413)
     trail = desk.get(f"/review/jobs/{job}").text.split('id="trail"', 1)[1]
     assert trail.index("unsure") < trail.index("confirm fake")  # the earlier decision is still there, first
     assert "&lt;b&gt;blurry&lt;/b&gt;" in trail and "<b>blurry" not in trail and "moderator-1" in trail
     assert desk.get("/review/queue", params={"reviewed": "no"}).text.count(job) == 0
+    assert job in desk.get("/review/queue", params={"reviewed": "yes"}).text
     assert "data:image/png" in desk.get(f"/review/jobs/{job}/report").text
 
 
@@ -244,8 +253,13 @@ def test_export_then_calibrate(base: str, env: dict[str, str], reviewer: str, sc
             "calibrate", str(weights), "--data", str(out), "--level", "video", "--min-per-class", "1",
             "--device", "cpu", "--decoder", "pyav", "--max-frames", "2", "--target-fpr", "0.5",
         ])  # fmt: skip
+        evaluated = runner.invoke(app, [
+            "evaluate", str(weights), str(out / "crops"), "--device", "cpu", "--num-workers", "0", "--no-progress", "--json",
+        ])  # fmt: skip
     assert calibrated.exit_code == 0, calibrated.output
     assert "threshold" in calibrated.output.lower()
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "auc" in evaluated.stdout.lower()
 
 
 def test_deleting_a_scan_keeps_its_verdict_without_the_path(base: str, owner: str, scans: list[dict[str, Any]], media: Path, env: dict[str, str]) -> None:

@@ -36,7 +36,7 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def env(media: Path) -> Iterator[dict[str, str]]:
     # RALF_URL_ALLOW empty: no internal address is open (worker_testing opens 127.0.0.1 for its servers).
-    yield api_env(PREFIX, media, RALF_API_MAX_UPLOAD_BYTES=str(CAP), RALF_URL_ALLOW="")
+    yield api_env(PREFIX, media, RALF_API_MAX_UPLOAD_BYTES=str(CAP), RALF_URL_ALLOW="", RALF_WEBHOOK_SECRET="s" * 32)
     delete_prefixed_keys(redis.Redis.from_url(REDIS_URL), PREFIX)
 
 
@@ -239,6 +239,26 @@ def test_urls_follow_the_enqueue_rules(base: str, submitter: str, url: str) -> N
     refused = httpx.post(f"{base}/v1/scans", headers=bearer(submitter), json={"url": url})
     body = is_problem(refused, 400)
     assert "secret" not in body["detail"]
+
+
+def test_callback_urls_follow_the_same_rules(base: str, submitter: str) -> None:
+    body = {"url": "https://example.org/cb.mp4", "callback_url": "http://169.254.169.254/hook"}
+    assert "not a public address" in is_problem(httpx.post(f"{base}/v1/scans", headers=bearer(submitter), json=body), 400)["detail"]
+    refused = upload(base, submitter, video_bytes("callback"), callback_url="http://10.1.2.3/hook")
+    is_problem(refused, 400)
+    body["callback_url"] = "https://hooks.example.org/ralf"
+    assert httpx.post(f"{base}/v1/scans", headers=bearer(submitter), json=body).status_code == 202
+
+
+def test_json_bodies_are_capped_while_reading(base: str, submitter: str) -> None:
+    huge = b'{"url": "https://example.org/' + b"a" * (128 * 1024) + b'"}'
+    is_problem(httpx.post(f"{base}/v1/scans", headers={**bearer(submitter), "Content-Type": "application/json"}, content=huge), 413)
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must hold while streaming
+        yield huge
+
+    streamed = httpx.post(f"{base}/v1/scans", headers={**bearer(submitter), "Content-Type": "application/json"}, content=chunks())
+    is_problem(streamed, 413)
 
 
 def test_a_public_url_is_accepted(base: str, submitter: str) -> None:
