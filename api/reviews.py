@@ -70,6 +70,10 @@ class ReviewStore:
     def history(self, job_id: str) -> list[ReviewDecision]:
         return [ReviewDecision.model_validate_json(raw) for raw in self.connection.lrange(self._k("decisions", job_id), 0, -1)]
 
+    def final(self, job_id: str) -> ReviewDecision | None:
+        raw = self.connection.hget(self._k("final"), job_id)
+        return None if raw is None else ReviewDecision.model_validate_json(raw)
+
     def finals(self) -> dict[str, ReviewDecision]:
         return {
             job_id.decode(): ReviewDecision.model_validate_json(raw)
@@ -160,8 +164,7 @@ def candidate_for(connection: Redis, settings: Settings, store: ReviewStore, job
         return None
     scan = _payload(job.args)
     content = shared_reference(scan) if scan is not None else "?"
-    final = store.finals().get(job_id)
-    return Candidate(job_id, content, verdict, job.ended_at, _reason(settings, verdict) or "not queued", final)
+    return Candidate(job_id, content, verdict, job.ended_at, _reason(settings, verdict) or "not queued", store.final(job_id))
 
 
 def _payload(args: object) -> ScanJob | None:

@@ -29,8 +29,8 @@ app.add_typer(reviews_app, name="reviews")
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Listen address [default: $RALF_API_HOST or 127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port [default: $RALF_API_PORT or 8000]")] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address (default: $RALF_API_HOST, else 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default: $RALF_API_PORT, else 8000)")] = None,
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
     proxy_headers: Annotated[
         bool, typer.Option(help="Trust X-Forwarded-Proto/For from the proxy in front (https cookies)")
@@ -61,8 +61,8 @@ def _store() -> KeyStore:
 def keys_create(
     scope: Annotated[Scope, typer.Option(help="submit | review | admin")],
     name: Annotated[str, typer.Option(help="Who or what uses the key (shown in lists and the review trail)")],
-    rate_per_minute: Annotated[int | None, typer.Option(min=1, help="[default: $RALF_API_RATE_PER_MINUTE]")] = None,
-    daily_quota: Annotated[int | None, typer.Option(min=1, help="Submissions a UTC day [default: $RALF_API_DAILY_QUOTA]")] = None,
+    rate_per_minute: Annotated[int | None, typer.Option(min=1, help="Requests a minute (default: $RALF_API_RATE_PER_MINUTE)")] = None,
+    daily_quota: Annotated[int | None, typer.Option(min=1, help="Submissions a UTC day (default: $RALF_API_DAILY_QUOTA)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Create a key and print it once (only its hash is stored: it cannot be shown again)."""
