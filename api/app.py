@@ -6,11 +6,15 @@ gives the raw request stream the uploads are parsed from."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from api import desk, health, scans
 from api.context import Services
 from api.metrics import review_registry
+from api.models import ScanRequest
 from api.problems import install_problem_handlers
 from ralf.core.settings import Settings
 from worker.queue import connect
@@ -38,4 +42,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(scans.router)
     app.include_router(desk.router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the models of the POST body, which the upload handler parses itself."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        body = ScanRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        schema.setdefault("components", {}).setdefault("schemas", {}).update({**body.pop("$defs", {}), "ScanRequest": body})
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -5,6 +5,7 @@ cut off halfway, content types, idempotency, SSRF refusals, problem details, lim
 from __future__ import annotations
 
 import json
+import re
 import select
 import socket
 import time
@@ -70,7 +71,9 @@ def test_health_readiness_openapi_and_offline_docs(base: str) -> None:
     assert ready.status_code == 503 and ready.json()["detail"] == "no live worker"  # no worker in this module
     schema = httpx.get(f"{base}/openapi.json").json()
     assert {"/v1/scans", "/v1/scans/{job_id}", "/v1/scans/{job_id}/report"} <= set(schema["paths"])
-    assert "Verdict" in schema["components"]["schemas"] and "ProblemDetail" in schema["components"]["schemas"]
+    assert {"Verdict", "ProblemDetail", "ScanRequest", "ScanOverrides"} <= set(schema["components"]["schemas"])
+    references = set(re.findall(r'"#/components/schemas/([^"]+)"', json.dumps(schema)))
+    assert references and references <= set(schema["components"]["schemas"])  # every $ref resolves
     docs = httpx.get(f"{base}/docs")
     assert docs.status_code == 200 and "default-src 'none'" in docs.headers["content-security-policy"]
     assert "/v1/scans" in docs.text and "<script" not in docs.text
