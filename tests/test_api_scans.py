@@ -185,7 +185,7 @@ def test_the_size_cap_is_enforced_while_streaming(base: str, submitter: str, med
         while sent < 64 * CAP and not answer:  # the client would send 16 MiB: the server must stop it long before
             sock.sendall(_chunk(block))
             sent += len(block)
-            if select.select([sock], [], [], 0.02)[0]:  # time for the server to read what was sent
+            if select.select([sock], [], [], 0.05)[0]:  # time for the server to read what was sent
                 answer = sock.recv(65536)
     except (BrokenPipeError, ConnectionResetError):
         pass
