@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from api.bodies import read_form
 from api.context import Services, services
@@ -86,10 +87,10 @@ def login_form(request: Request) -> HTMLResponse:
 @router.post("/login")
 async def login(request: Request, ctx: Services = Depends(services)) -> Response:
     fields = await _form(request, request.cookies.get(LOGIN_COOKIE))
-    record = ctx.keys.authenticate(fields.get("key", ""))
+    record = await run_in_threadpool(ctx.keys.authenticate, fields.get("key", ""))
     if record is None or not record.grants("review"):
         return _login_form(request, "That key is unknown, revoked, or has no review scope.", 401)
-    token, _ = SessionStore(ctx.connection, ctx.settings).open(record.key_id, record.name)
+    token, _ = await run_in_threadpool(SessionStore(ctx.connection, ctx.settings).open, record.key_id, record.name)
     response = RedirectResponse("/review/queue", status_code=303)
     response.set_cookie(
         SESSION_COOKIE, token, httponly=True, samesite="strict", secure=_secure(request), path="/",
@@ -101,10 +102,10 @@ async def login(request: Request, ctx: Services = Depends(services)) -> Response
 
 @router.post("/logout")
 async def logout(request: Request, ctx: Services = Depends(services)) -> Response:
-    session = _session(request, ctx)
+    session = await run_in_threadpool(_session, request, ctx)
     if session is not None:
         await _form(request, session.csrf)
-        SessionStore(ctx.connection, ctx.settings).close(request.cookies.get(SESSION_COOKIE))
+        await run_in_threadpool(SessionStore(ctx.connection, ctx.settings).close, request.cookies.get(SESSION_COOKIE))
     response = _to_login()
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -182,10 +183,14 @@ def review_report(job_id: str, request: Request, ctx: Services = Depends(service
 
 @router.post("/jobs/{job_id}/decisions")
 async def record_decision(job_id: str, request: Request, ctx: Services = Depends(services)) -> Response:
-    session = _session(request, ctx)
+    session = await run_in_threadpool(_session, request, ctx)
     if session is None:
         return _to_login()
     fields = await _form(request, session.csrf)
+    return await run_in_threadpool(_record, ctx, session, job_id, fields)
+
+
+def _record(ctx: Services, session: Session, job_id: str, fields: dict[str, str]) -> Response:
     found = _candidate(ctx, job_id)
     store = ReviewStore(ctx.connection, ctx.settings)
     outcome, note = fields.get("outcome", ""), fields.get("note", "").strip()
@@ -200,5 +205,3 @@ async def record_decision(job_id: str, request: Request, ctx: Services = Depends
         )
     )  # fmt: skip
     return RedirectResponse(f"/review/jobs/{job_id}", status_code=303)
-
-

@@ -27,7 +27,10 @@ from worker.queue import JobNotFound, fetch_job, job_state, job_verdict
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/scans", tags=["scans"])
-Problems = {status: {"model": ProblemDetail, "content": {"application/problem+json": {}}} for status in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)}
+Problems: dict[int | str, dict[str, object]] = {
+    status: {"model": ProblemDetail, "content": {"application/problem+json": {}}}
+    for status in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
+}
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
 _ENDED = {"finished", "failed", "stopped", "canceled"}
 
@@ -59,7 +62,8 @@ async def create_scan(
     """Submit a video: JSON `{"url": ...}` or a multipart upload (`file`). The same content (or URL) with
     the same options is the same job (202 when created, 200 when it existed); a repeated
     Idempotency-Key returns its first job, or 409 if the body differs."""
-    refusal = take_quota(ctx.connection, ctx.settings, key)
+    # Redis calls run in the thread pool: this handler is async (it reads the request stream).
+    refusal = await run_in_threadpool(take_quota, ctx.connection, ctx.settings, key)
     if refusal is not None:
         raise Problem(429, refusal.detail, kind="quota-exceeded", headers={"Retry-After": str(refusal.retry_after_s)})
     try:
@@ -67,9 +71,9 @@ async def create_scan(
     except UploadAborted:
         log.info("an upload by key %s stopped halfway; nothing kept", key.key_id)
         return Response(status_code=400)
-    replayed = check_replay(ctx, key, idempotency_key, submission)
+    replayed = await run_in_threadpool(check_replay, ctx, key, idempotency_key, submission)
     enqueued, created = await submit(ctx, key, submission, idempotency_key)
-    view = await run_in_threadpool(scan_view, ctx, owned(ctx, key, enqueued.job_id))
+    view = await run_in_threadpool(lambda: scan_view(ctx, owned(ctx, key, enqueued.job_id)))
     headers = {"Location": view.links.self}
     if replayed is not None:
         headers["Idempotent-Replayed"] = "true"

@@ -133,11 +133,20 @@ def _enqueue(ctx: Services, submission: Submission) -> EnqueuedJob:
         raise Problem(400, str(ctx.scrub(str(exc))), kind="refused-source") from None
 
 
-async def submit(ctx: Services, key: KeyRecord, submission: Submission, idempotency_key: str | None) -> tuple[EnqueuedJob, bool]:
+async def submit(
+    ctx: Services, key: KeyRecord, submission: Submission, idempotency_key: str | None
+) -> tuple[EnqueuedJob, bool]:
     """Enqueue (or find) the job and record it for the key; (job, whether this request created it)."""
-    enqueued = await run_in_threadpool(_enqueue, ctx, submission)
+    return await run_in_threadpool(_submit, ctx, key, submission, idempotency_key)
+
+
+def _submit(
+    ctx: Services, key: KeyRecord, submission: Submission, idempotency_key: str | None
+) -> tuple[EnqueuedJob, bool]:
+    enqueued = _enqueue(ctx, submission)
     if idempotency_key is not None:
-        held = ctx.ownership.remember(key.key_id, idempotency_key, IdempotencyRecord(fingerprint=submission.fingerprint, job_id=enqueued.job_id))
+        record = IdempotencyRecord(fingerprint=submission.fingerprint, job_id=enqueued.job_id)
+        held = ctx.ownership.remember(key.key_id, idempotency_key, record)
         if held.fingerprint != submission.fingerprint:  # a concurrent request with this key won; the job stays
             raise Problem(409, "this Idempotency-Key was used with another request body", kind="idempotency-conflict")
     ownership = Ownership(
@@ -148,5 +157,5 @@ async def submit(ctx: Services, key: KeyRecord, submission: Submission, idempote
         upload_path=submission.enqueue_text if submission.kind == "upload" else None,
         submitted_at=datetime.now(timezone.utc),
     )
-    await run_in_threadpool(ctx.ownership.record, key.key_id, ownership)
+    ctx.ownership.record(key.key_id, ownership)
     return enqueued, enqueued.created
