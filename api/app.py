@@ -51,6 +51,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         body = ScanRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-        schema.setdefault("components", {}).setdefault("schemas", {}).update({**body.pop("$defs", {}), "ScanRequest": body})
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(
+            {**body.pop("$defs", {}), "ScanRequest": body}
+        )
         app.openapi_schema = schema
     return app.openapi_schema

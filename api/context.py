@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import Depends, Request
 from redis import Redis
@@ -53,7 +54,10 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
-def authenticated(request: Request, ctx: Services = Depends(services)) -> KeyRecord:
+Ctx = Annotated[Services, Depends(services)]
+
+
+def authenticated(request: Request, ctx: Ctx) -> KeyRecord:
     record = ctx.keys.authenticate(_bearer(request))
     if record is None:
         raise Problem(401, "the API key is unknown or revoked", kind="unauthorized",
@@ -67,9 +71,14 @@ def authenticated(request: Request, ctx: Services = Depends(services)) -> KeyRec
 def require(scope: Scope):  # type: ignore[no-untyped-def]
     """A dependency: the authenticated key, which must grant `scope` (403 otherwise)."""
 
-    def check(record: KeyRecord = Depends(authenticated)) -> KeyRecord:
+    def check(record: Annotated[KeyRecord, Depends(authenticated)]) -> KeyRecord:
         if not record.grants(scope):
-            raise Problem(403, f"this key's scope ({record.scope}) does not allow this; it needs {scope}", kind="forbidden")
+            raise Problem(
+                403, f"this key's scope ({record.scope}) does not allow this; it needs {scope}", kind="forbidden"
+            )
         return record
 
     return check
+
+
+Submitter = Annotated[KeyRecord, Depends(require("submit"))]

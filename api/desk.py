@@ -7,12 +7,12 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timezone
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.bodies import read_form
-from api.context import Services, services
+from api.context import Ctx, Services
 from api.desk_pages import CSS, DESK_CSP, job_page, login_page, queue_page
 from api.problems import Problem
 from api.reviews import OUTCOMES, Candidate, QueueFilter, ReviewDecision, ReviewStore, candidate_for, candidates
@@ -64,7 +64,9 @@ async def _form(request: Request, session_csrf: str | None) -> dict[str, str]:
 
 @router.get("/static/desk.css")
 def stylesheet() -> Response:
-    return Response(CSS, media_type="text/css", headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"})
+    return Response(
+        CSS, media_type="text/css", headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"}
+    )
 
 
 @router.get("")
@@ -85,7 +87,7 @@ def login_form(request: Request) -> HTMLResponse:
 
 
 @router.post("/login")
-async def login(request: Request, ctx: Services = Depends(services)) -> Response:
+async def login(request: Request, ctx: Ctx) -> Response:
     fields = await _form(request, request.cookies.get(LOGIN_COOKIE))
     record = await run_in_threadpool(ctx.keys.authenticate, fields.get("key", ""))
     if record is None or not record.grants("review"):
@@ -101,7 +103,7 @@ async def login(request: Request, ctx: Services = Depends(services)) -> Response
 
 
 @router.post("/logout")
-async def logout(request: Request, ctx: Services = Depends(services)) -> Response:
+async def logout(request: Request, ctx: Ctx) -> Response:
     session = await run_in_threadpool(_session, request, ctx)
     if session is not None:
         await _form(request, session.csrf)
@@ -143,7 +145,7 @@ def queue_filter(request: Request) -> QueueFilter:
 
 
 @router.get("/queue")
-def review_queue(request: Request, ctx: Services = Depends(services)) -> Response:
+def review_queue(request: Request, ctx: Ctx) -> Response:
     session = _session(request, ctx)
     if session is None:
         return _to_login()
@@ -156,14 +158,18 @@ def review_queue(request: Request, ctx: Services = Depends(services)) -> Respons
 
 
 def _candidate(ctx: Services, job_id: str) -> Candidate:
-    found = candidate_for(ctx.connection, ctx.settings, ReviewStore(ctx.connection, ctx.settings), job_id) if len(job_id) <= 200 else None
+    found = (
+        candidate_for(ctx.connection, ctx.settings, ReviewStore(ctx.connection, ctx.settings), job_id)
+        if len(job_id) <= 200
+        else None
+    )
     if found is None:
         raise Problem(404, "no finished scan with this id", kind="not-found")
     return found
 
 
 @router.get("/jobs/{job_id}")
-def review_job(job_id: str, request: Request, ctx: Services = Depends(services)) -> Response:
+def review_job(job_id: str, request: Request, ctx: Ctx) -> Response:
     session = _session(request, ctx)
     if session is None:
         return _to_login()
@@ -173,7 +179,7 @@ def review_job(job_id: str, request: Request, ctx: Services = Depends(services))
 
 
 @router.get("/jobs/{job_id}/report")
-def review_report(job_id: str, request: Request, ctx: Services = Depends(services)) -> Response:
+def review_report(job_id: str, request: Request, ctx: Ctx) -> Response:
     session = _session(request, ctx)
     if session is None:
         return _to_login()
@@ -182,7 +188,7 @@ def review_report(job_id: str, request: Request, ctx: Services = Depends(service
 
 
 @router.post("/jobs/{job_id}/decisions")
-async def record_decision(job_id: str, request: Request, ctx: Services = Depends(services)) -> Response:
+async def record_decision(job_id: str, request: Request, ctx: Ctx) -> Response:
     session = await run_in_threadpool(_session, request, ctx)
     if session is None:
         return _to_login()

@@ -76,13 +76,13 @@ def _filters(f: QueueFilter) -> str:
     return (
         '<form class="filters" method="get" action="/review/queue">'
         f'<label>label<select name="label">{_option("", "any", label)}{_option("fake", "fake", label)}'
-        f'{_option("real", "real (uncertain)", label)}</select></label>'
+        f"{_option('real', 'real (uncertain)', label)}</select></label>"
         f'<label>score from<input name="min_score" size="5" value="{e(f.min_score if f.min_score is not None else "")}"></label>'
         f'<label>score to<input name="max_score" size="5" value="{e(f.max_score if f.max_score is not None else "")}"></label>'
         f'<label>ended since<input type="date" name="since" value="{e(f.since.date() if f.since else "")}"></label>'
         f'<label>ended until<input type="date" name="until" value="{e(f.until.date() if f.until else "")}"></label>'
         f'<label>reviewed<select name="reviewed">{_option("", "any", reviewed)}{_option("no", "not yet", reviewed)}'
-        f'{_option("yes", "reviewed", reviewed)}</select></label>'
+        f"{_option('yes', 'reviewed', reviewed)}</select></label>"
         '<button type="submit">filter</button></form>'
     )
 
@@ -105,7 +105,7 @@ def queue_page(items: Sequence[Candidate], f: QueueFilter, reviewer: str, csrf: 
         if items
         else '<p id="empty">Nothing to review with these filters.</p>'
     )
-    body = f"<h1>Review queue</h1>{_filters(f)}<p class=\"muted\">{len(items)} of {total} flagged or uncertain videos</p>{table}"
+    body = f'<h1>Review queue</h1>{_filters(f)}<p class="muted">{len(items)} of {total} flagged or uncertain videos</p>{table}'
     return page("Review queue", body, reviewer=reviewer, csrf=csrf)
 
 
@@ -120,7 +120,9 @@ def _trail(history: Sequence[ReviewDecision]) -> str:
     return f'<table id="trail"><tr><th>when</th><th>who</th><th>decision</th><th>note</th></tr>{rows}</table>'
 
 
-def job_page(c: Candidate, history: Sequence[ReviewDecision], reviewer: str, csrf: str, error: str | None = None) -> str:
+def job_page(
+    c: Candidate, history: Sequence[ReviewDecision], reviewer: str, csrf: str, error: str | None = None
+) -> str:
     v = c.verdict
     score = "-" if v.score is None else f"{v.score:.3f}"
     choices = "".join(

@@ -6,12 +6,12 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from api.context import Services, services
+from api.context import Ctx, Services
 from api.models import Health
 from worker.liveness import alive_key, members_key
 
@@ -34,7 +34,7 @@ def live_workers(ctx: Services) -> int:
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
-def readyz(ctx: Services = Depends(services)) -> Response:
+def readyz(ctx: Ctx) -> Response:
     """Ready when Redis answers and at least one worker is alive; 503 otherwise."""
     try:
         ctx.connection.ping()

@@ -36,7 +36,9 @@ class ReviewCollector(Collector):
             value=overturned / len(decided) if decided else 0.0,
         )
         backlog = [c for c in candidates(self.connection, self.settings, finals) if c.final is None]
-        yield GaugeMetricFamily("ralf_review_backlog", "Flagged or uncertain verdicts not reviewed yet", value=len(backlog))
+        yield GaugeMetricFamily(
+            "ralf_review_backlog", "Flagged or uncertain verdicts not reviewed yet", value=len(backlog)
+        )
         ended = [c.ended_at.timestamp() for c in backlog if c.ended_at is not None]
         yield GaugeMetricFamily(
             "ralf_review_oldest_unreviewed_seconds",

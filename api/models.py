@@ -12,7 +12,9 @@ from pipeline.verdict import Verdict, VerdictLabel
 from ralf.core.settings import Priority
 from worker.jobs import ScanOverrides
 
-ScanStatus = Literal["queued", "started", "deferred", "scheduled", "finished", "failed", "stopped", "canceled", "deleted"]
+ScanStatus = Literal[
+    "queued", "started", "deferred", "scheduled", "finished", "failed", "stopped", "canceled", "deleted"
+]
 SCAN_STATUSES = frozenset(get_args(ScanStatus))
 
 

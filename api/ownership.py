@@ -82,7 +82,9 @@ class OwnershipStore:
     def mark_deleted(self, key_id: str, ownership: Ownership) -> tuple[int, int]:
         """The key's record kept without its name (audit). Returns (owners of the job left, submissions
         left that use the same stored upload)."""
-        kept = ownership.model_copy(update={"source": None, "upload_path": None, "deleted_at": datetime.now(timezone.utc)})
+        kept = ownership.model_copy(
+            update={"source": None, "upload_path": None, "deleted_at": datetime.now(timezone.utc)}
+        )
         refs = self._upload_refs(ownership.upload_path or "")
         with self.connection.pipeline() as pipe:
             pipe.hset(self._k("own", key_id), ownership.job_id, kept.model_dump_json())

@@ -69,7 +69,11 @@ def problem_response(
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     """Where and what, without echoing the input back (it may be large or hold secrets)."""
     return [
-        {"loc": [str(part) for part in error.get("loc", ())], "msg": str(error.get("msg", "")), "type": error.get("type")}
+        {
+            "loc": [str(part) for part in error.get("loc", ())],
+            "msg": str(error.get("msg", "")),
+            "type": error.get("type"),
+        }
         for error in exc.errors()
     ]
 
@@ -93,7 +97,11 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _redis(request: Request, exc: RedisError) -> JSONResponse:
         log.warning("Redis failed while answering %s: %s", request.url.path, type(exc).__name__)
         return problem_response(
-            request, 503, "the queue store is unavailable; try again later", kind="unavailable", headers={"Retry-After": "5"}
+            request,
+            503,
+            "the queue store is unavailable; try again later",
+            kind="unavailable",
+            headers={"Retry-After": "5"},
         )
 
     @app.exception_handler(Exception)

@@ -68,7 +68,10 @@ class ReviewStore:
             pipe.execute()
 
     def history(self, job_id: str) -> list[ReviewDecision]:
-        return [ReviewDecision.model_validate_json(raw) for raw in self.connection.lrange(self._k("decisions", job_id), 0, -1)]
+        return [
+            ReviewDecision.model_validate_json(raw)
+            for raw in self.connection.lrange(self._k("decisions", job_id), 0, -1)
+        ]
 
     def final(self, job_id: str) -> ReviewDecision | None:
         raw = self.connection.hget(self._k("final"), job_id)
@@ -120,7 +123,9 @@ def candidates(connection: Redis, settings: Settings, finals: dict[str, ReviewDe
             yield candidate
 
 
-def _candidate(connection: Redis, settings: Settings, state: JobState, final: ReviewDecision | None) -> Candidate | None:
+def _candidate(
+    connection: Redis, settings: Settings, state: JobState, final: ReviewDecision | None
+) -> Candidate | None:
     try:
         verdict = job_verdict(fetch_job(connection, state.job_id))
     except JobNotFound:
@@ -164,7 +169,9 @@ def candidate_for(connection: Redis, settings: Settings, store: ReviewStore, job
         return None
     scan = _payload(job.args)
     content = shared_reference(scan) if scan is not None else "?"
-    return Candidate(job_id, content, verdict, job.ended_at, _reason(settings, verdict) or "not queued", store.final(job_id))
+    return Candidate(
+        job_id, content, verdict, job.ended_at, _reason(settings, verdict) or "not queued", store.final(job_id)
+    )
 
 
 def _payload(args: object) -> ScanJob | None:

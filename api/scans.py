@@ -8,11 +8,11 @@ import shutil
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.context import Services, require, services
+from api.context import Ctx, Services, Submitter
 from api.keys import KeyRecord
 from api.limits import take_quota
 from api.models import Scan, ScanPage
@@ -55,9 +55,9 @@ def owned(ctx: Services, key: KeyRecord, job_id: str) -> Ownership:
                      "priority": {"type": "string"}, "callback_url": {"type": "string"}}}}}, "required": True}})  # fmt: skip
 async def create_scan(
     request: Request,
+    key: Submitter,
+    ctx: Ctx,
     idempotency_key: IdempotencyKey = None,
-    key: KeyRecord = Depends(require("submit")),
-    ctx: Services = Depends(services),
 ) -> Response:
     """Submit a video: JSON `{"url": ...}` or a multipart upload (`file`). The same content (or URL) with
     the same options is the same job (202 when created, 200 when it existed); a repeated
@@ -96,11 +96,11 @@ def _encode_cursor(position: int) -> str:
 
 @router.get("", response_model=ScanPage, responses=Problems)
 def list_scans(
+    key: Submitter,
+    ctx: Ctx,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=40)] = None,
     label: Annotated[VerdictLabel | None, Query(description="Only scans with this verdict label")] = None,
-    key: KeyRecord = Depends(require("submit")),
-    ctx: Services = Depends(services),
 ) -> ScanPage:
     """This key's scans, newest first, `limit` a page; filter by verdict label."""
     position, total, items = _decode_cursor(cursor), ctx.ownership.total(key.key_id), []
@@ -120,7 +120,7 @@ def list_scans(
 
 
 @router.get("/{job_id}", response_model=Scan, responses=Problems)
-def get_scan(job_id: str, key: KeyRecord = Depends(require("submit")), ctx: Services = Depends(services)) -> Scan:
+def get_scan(job_id: str, key: Submitter, ctx: Ctx) -> Scan:
     """State, progress and (once finished) the verdict of one of this key's scans."""
     view = find_view(ctx, owned(ctx, key, job_id))
     if view is None:
@@ -150,7 +150,7 @@ def html_page(body: str, csp: str = CSP, referrer: str = "no-referrer") -> HTMLR
 
 
 @router.get("/{job_id}/report", response_class=HTMLResponse, responses=Problems)
-def get_report(job_id: str, key: KeyRecord = Depends(require("submit")), ctx: Services = Depends(services)) -> HTMLResponse:
+def get_report(job_id: str, key: Submitter, ctx: Ctx) -> HTMLResponse:
     """The self-contained HTML report (inline images, a CSP that forbids every request)."""
     own = owned(ctx, key, job_id)
     if own.deleted_at is not None:
@@ -159,7 +159,7 @@ def get_report(job_id: str, key: KeyRecord = Depends(require("submit")), ctx: Se
 
 
 @router.delete("/{job_id}", status_code=204, responses=Problems)
-def delete_scan(job_id: str, key: KeyRecord = Depends(require("submit")), ctx: Services = Depends(services)) -> Response:
+def delete_scan(job_id: str, key: Submitter, ctx: Ctx) -> Response:
     """Remove this key's upload and the evidence (when no other submitter still has the job); the verdict
     is kept as an audit record, without the path."""
     own = owned(ctx, key, job_id)

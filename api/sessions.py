@@ -38,7 +38,9 @@ class SessionStore:
 
     def open(self, key_id: str, key_name: str) -> tuple[str, Session]:
         token = secrets.token_urlsafe(32)
-        session = Session(key_id=key_id, key_name=key_name, csrf=secrets.token_urlsafe(32), created_at=datetime.now(timezone.utc))
+        session = Session(
+            key_id=key_id, key_name=key_name, csrf=secrets.token_urlsafe(32), created_at=datetime.now(timezone.utc)
+        )
         self.connection.set(self._k(token), session.model_dump_json(), ex=self.settings.api_session_ttl_s)
         return token, session
 

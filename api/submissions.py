@@ -93,9 +93,7 @@ async def parse_submission(request: Request, ctx: Services) -> Submission:
         return await parse_json(request)
     if content_type == "multipart/form-data":
         return await parse_upload(request, ctx)
-    raise Problem(
-        415, "send application/json (a URL) or multipart/form-data (a file)", kind="unsupported-media-type"
-    )
+    raise Problem(415, "send application/json (a URL) or multipart/form-data (a file)", kind="unsupported-media-type")
 
 
 def _conflict(ctx: Services, submission: Submission) -> Problem:

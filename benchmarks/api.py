@@ -77,7 +77,9 @@ async def _timed(call: asyncio.Future | object) -> tuple[float, httpx.Response |
     return time.perf_counter() - start, response
 
 
-async def load(base: str, tokens: list[str], files: list[bytes], submissions: int, gets: int, concurrency: int) -> dict[str, object]:
+async def load(
+    base: str, tokens: list[str], files: list[bytes], submissions: int, gets: int, concurrency: int
+) -> dict[str, object]:
     limits = httpx.Limits(max_connections=submissions, max_keepalive_connections=submissions)
     async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
         posts = [
@@ -89,7 +91,9 @@ async def load(base: str, tokens: list[str], files: list[bytes], submissions: in
         post_results = await asyncio.gather(*(_timed(p) for p in posts))
         post_wall = time.perf_counter() - started
         ok = [r for _, r in post_results if isinstance(r, httpx.Response) and r.status_code in (200, 202)]
-        errors = [r if isinstance(r, Exception) else f"{r.status_code} {r.text[:120]}" for _, r in post_results if r not in ok]
+        errors = [
+            r if isinstance(r, Exception) else f"{r.status_code} {r.text[:120]}" for _, r in post_results if r not in ok
+        ]
         ids = sorted({r.json()["id"] for r in ok})
         owner = {r.json()["id"]: tokens[n % len(tokens)] for n, (_, r) in enumerate(post_results) if r in ok}
         semaphore = asyncio.Semaphore(concurrency)
@@ -161,8 +165,12 @@ def abuse(base: str, port: int, token: str, cap: int, media: Path, rounds: int) 
            for t in ("nonsense", "ralf_0123456789abcdef_" + "A" * 43, token[:-1] + ("B" if token[-1] != "B" else "C"))]  # fmt: skip
     lines.append(f"bad keys: {bad} (want 401 each)")
     idem = {**auth, "Idempotency-Key": str(uuid.uuid4())}
-    first = httpx.post(f"{base}/v1/scans", headers=idem, files={"file": ("a.mp4", b"one" * 100, "video/mp4")}).status_code
-    other = httpx.post(f"{base}/v1/scans", headers=idem, files={"file": ("a.mp4", b"two" * 100, "video/mp4")}).status_code
+    first = httpx.post(
+        f"{base}/v1/scans", headers=idem, files={"file": ("a.mp4", b"one" * 100, "video/mp4")}
+    ).status_code
+    other = httpx.post(
+        f"{base}/v1/scans", headers=idem, files={"file": ("a.mp4", b"two" * 100, "video/mp4")}
+    ).status_code
     lines.append(f"Idempotency-Key replayed with another body: {first} then {other} (want 202 then 409)")
     lines.append(f"/healthz afterwards: {httpx.get(f'{base}/healthz').status_code}")
     return lines
@@ -217,7 +225,11 @@ def main() -> None:
                   f"{len(result['get_errors'])} errors")  # type: ignore[arg-type]  # fmt: skip
             for line in abuse(base, port, tokens[0], args.cap, media, args.abuse_rounds):
                 print(line)
-            ok = len(result["job_ids"]) == args.files == queued and not result["post_errors"] and not result["get_errors"]  # type: ignore[arg-type]
+            ok = (
+                len(result["job_ids"]) == args.files == queued
+                and not result["post_errors"]
+                and not result["get_errors"]
+            )  # type: ignore[arg-type]
             print("OK" if ok else "FAILED: not exactly one job per distinct file, or errors")
         finally:
             server.terminate()

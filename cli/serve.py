@@ -21,7 +21,9 @@ from worker.queue import connect
 
 out = Console()
 err = Console(stderr=True)
-keys_app = typer.Typer(help="API keys of the HTTP API and the review desk (stored hashed; shown once).", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys of the HTTP API and the review desk (stored hashed; shown once).", no_args_is_help=True
+)
 reviews_app = typer.Typer(help="Moderators' decisions from the review desk.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(reviews_app, name="reviews")
@@ -30,7 +32,9 @@ app.add_typer(reviews_app, name="reviews")
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Listen address (default: $RALF_API_HOST, else 127.0.0.1)")] = None,
-    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default: $RALF_API_PORT, else 8000)")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port (default: $RALF_API_PORT, else 8000)")
+    ] = None,
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
     proxy_headers: Annotated[
         bool, typer.Option(help="Trust X-Forwarded-Proto/For from the proxy in front (https cookies)")
@@ -61,8 +65,12 @@ def _store() -> KeyStore:
 def keys_create(
     scope: Annotated[Scope, typer.Option(help="submit | review | admin")],
     name: Annotated[str, typer.Option(help="Who or what uses the key (shown in lists and the review trail)")],
-    rate_per_minute: Annotated[int | None, typer.Option(min=1, help="Requests a minute (default: $RALF_API_RATE_PER_MINUTE)")] = None,
-    daily_quota: Annotated[int | None, typer.Option(min=1, help="Submissions a UTC day (default: $RALF_API_DAILY_QUOTA)")] = None,
+    rate_per_minute: Annotated[
+        int | None, typer.Option(min=1, help="Requests a minute (default: $RALF_API_RATE_PER_MINUTE)")
+    ] = None,
+    daily_quota: Annotated[
+        int | None, typer.Option(min=1, help="Submissions a UTC day (default: $RALF_API_DAILY_QUOTA)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Create a key and print it once (only its hash is stored: it cannot be shown again)."""
@@ -76,7 +84,9 @@ def keys_create(
         listing = created.record.model_dump(mode="json", exclude={"secret_sha256"})
         sys.stdout.write(json.dumps({**listing, "key": created.token}) + "\n")
         return
-    err.print(f"key {created.record.key_id} ({scope}) for {escape(created.record.name)}; store it now, it is not shown again:")
+    err.print(
+        f"key {created.record.key_id} ({scope}) for {escape(created.record.name)}; store it now, it is not shown again:"
+    )
     typer.echo(created.token)
 
 

@@ -123,5 +123,3 @@ def wait_finished(base: str, token: str, job_id: str, timeout_s: float = 600) ->
 
     wait_for(ended, timeout_s, f"job {job_id}", interval_s=0.5)
     return found
-
-

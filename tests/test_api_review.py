@@ -57,7 +57,9 @@ def base(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 @pytest.fixture(scope="module")
-def worker(env: dict[str, str], base: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
+def worker(
+    env: dict[str, str], base: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[subprocess.Popen[bytes]]:
     log = tmp_path_factory.mktemp("review-worker") / "worker.log"
     with deployment_environment(env) as environment:
         process = subprocess.Popen(
@@ -65,7 +67,11 @@ def worker(env: dict[str, str], base: str, tmp_path_factory: pytest.TempPathFact
             env=environment, stdout=log.open("wb"), stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        wait_for(lambda: process.poll() is None and httpx.get(f"{base}/readyz").status_code == 200, 600, f"a live worker ({log})")
+        wait_for(
+            lambda: process.poll() is None and httpx.get(f"{base}/readyz").status_code == 200,
+            600,
+            f"a live worker ({log})",
+        )
         yield process
     finally:
         process.send_signal(signal.SIGTERM)
@@ -87,18 +93,24 @@ def reviewer(env: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def scans(base: str, owner: str, worker: subprocess.Popen[bytes], tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+def scans(
+    base: str, owner: str, worker: subprocess.Popen[bytes], tmp_path_factory: pytest.TempPathFactory
+) -> list[dict[str, Any]]:
     folder = tmp_path_factory.mktemp("review-clips")
     jobs = []
     for seed in range(CLIPS):
-        clip = synthetic.write_face_clip(folder / f"clip{seed}.mp4", codec="h264", num_frames=6, size=(320, 240), fps=6.0, seed=seed)
+        clip = synthetic.write_face_clip(
+            folder / f"clip{seed}.mp4", codec="h264", num_frames=6, size=(320, 240), fps=6.0, seed=seed
+        )
         answer = upload(base, owner, clip.read_bytes(), name=f"my-upload-{seed}.mp4")
         assert answer.status_code == 202, answer.text
         jobs.append(answer.json()["id"])
     return [wait_finished(base, owner, job_id) for job_id in jobs]
 
 
-def test_verdicts_reports_and_the_label_filter(base: str, owner: str, scans: list[dict[str, Any]], media: Path, env: dict[str, str]) -> None:
+def test_verdicts_reports_and_the_label_filter(
+    base: str, owner: str, scans: list[dict[str, Any]], media: Path, env: dict[str, str]
+) -> None:
     for number, scan in enumerate(scans):
         assert scan["status"] == "finished", scan
         verdict = scan["verdict"]
@@ -128,7 +140,9 @@ def _login(base: str, token: str) -> httpx.Client:
     answer = client.post("/review/login", data={"csrf": csrf, "key": token})
     assert answer.status_code == 303 and answer.headers["location"] == "/review/queue", answer.text
     cookie = answer.headers["set-cookie"]
-    assert "ralf_session=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    assert (
+        "ralf_session=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    )
     return client
 
 
@@ -136,11 +150,16 @@ def _csrf(html: str) -> str:
     return html.split('name="csrf" value="', 1)[1].split('"', 1)[0]
 
 
-def test_the_desk_needs_a_session_and_csrf_and_keeps_every_decision(base: str, env: dict[str, str], reviewer: str, owner: str, scans: list[dict[str, Any]]) -> None:
+def test_the_desk_needs_a_session_and_csrf_and_keeps_every_decision(
+    base: str, env: dict[str, str], reviewer: str, owner: str, scans: list[dict[str, Any]]
+) -> None:
     anonymous = httpx.Client(base_url=base, follow_redirects=False)
     for path in ("/review/queue", f"/review/jobs/{scans[0]['id']}", f"/review/jobs/{scans[0]['id']}/report"):
         assert anonymous.get(path).headers["location"] == "/review/login"
-    assert anonymous.post(f"/review/jobs/{scans[0]['id']}/decisions", data={"outcome": "unsure"}).headers["location"] == "/review/login"
+    assert (
+        anonymous.post(f"/review/jobs/{scans[0]['id']}/decisions", data={"outcome": "unsure"}).headers["location"]
+        == "/review/login"
+    )
     login = anonymous.get("/review/login")
     assert "form-action 'self'" in login.headers["content-security-policy"]
     refused = anonymous.post("/review/login", data={"csrf": _csrf(login.text), "key": owner})  # a submit key
@@ -156,9 +175,9 @@ def test_the_desk_needs_a_session_and_csrf_and_keeps_every_decision(base: str, e
     middle = sorted(s["score"] for s in scans)[1]
     band = desk.get("/review/queue", params={"min_score": middle, "max_score": 1}).text
     assert all((s["id"] in band) == (s["score"] >= middle) for s in scans)
-    assert desk.get("/review/queue", params={"since": "2999-01-01"}).text.count('<tr data-job') == 0
-    assert desk.get("/review/queue", params={"until": "2999-01-01"}).text.count('<tr data-job') == CLIPS
-    assert desk.get("/review/queue", params={"reviewed": "yes"}).text.count('<tr data-job') == 0
+    assert desk.get("/review/queue", params={"since": "2999-01-01"}).text.count("<tr data-job") == 0
+    assert desk.get("/review/queue", params={"until": "2999-01-01"}).text.count("<tr data-job") == CLIPS
+    assert desk.get("/review/queue", params={"reviewed": "yes"}).text.count("<tr data-job") == 0
     is_problem(desk.get("/review/queue", params={"since": "yesterday"}), 400)
     job = scans[0]["id"]
     page = desk.get(f"/review/jobs/{job}")
@@ -166,10 +185,14 @@ def test_the_desk_needs_a_session_and_csrf_and_keeps_every_decision(base: str, e
     is_problem(desk.post(f"/review/jobs/{job}/decisions", data={"outcome": "unsure"}), 403)  # no token
     is_problem(desk.post(f"/review/jobs/{job}/decisions", data={"outcome": "unsure", "csrf": csrf},
                          headers={"Origin": "https://evil.example"}), 403)  # fmt: skip
-    first = desk.post(f"/review/jobs/{job}/decisions", data={"outcome": "unsure", "note": "<b>blurry</b>", "csrf": csrf})
+    first = desk.post(
+        f"/review/jobs/{job}/decisions", data={"outcome": "unsure", "note": "<b>blurry</b>", "csrf": csrf}
+    )
     assert first.status_code == 303
     desk.post(f"/review/jobs/{job}/decisions", data={"outcome": "confirm_fake", "note": "second look", "csrf": csrf})
-    is_problem(desk.post(f"/review/jobs/{job}/decisions", data={"outcome": "unsure", "csrf": csrf, "note": "x" * 20000}), 413)
+    is_problem(
+        desk.post(f"/review/jobs/{job}/decisions", data={"outcome": "unsure", "csrf": csrf, "note": "x" * 20000}), 413
+    )
     trail = desk.get(f"/review/jobs/{job}").text.split('id="trail"', 1)[1]
     assert trail.index("unsure") < trail.index("confirm fake")  # the earlier decision is still there, first
     assert "&lt;b&gt;blurry&lt;/b&gt;" in trail and "<b>blurry" not in trail and "moderator-1" in trail
@@ -178,7 +201,9 @@ def test_the_desk_needs_a_session_and_csrf_and_keeps_every_decision(base: str, e
     assert "data:image/png" in desk.get(f"/review/jobs/{job}/report").text
 
 
-def test_the_review_desk_in_a_real_browser(base: str, reviewer: str, scans: list[dict[str, Any]], tmp_path: Path) -> None:
+def test_the_review_desk_in_a_real_browser(
+    base: str, reviewer: str, scans: list[dict[str, Any]], tmp_path: Path
+) -> None:
     require_chromium()
     job = scans[1]["id"]
     profile = tmp_path / "profile"
@@ -207,7 +232,9 @@ def test_the_review_desk_in_a_real_browser(base: str, reviewer: str, scans: list
         images = page.evaluate("Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
         assert images and all(images)  # the evidence, inline
     assert (tmp_path / "decision.png").stat().st_size > 1000
-    assert page.requests and all(url.startswith(base) or url.startswith("data:") for url in page.requests), page.requests
+    assert page.requests and all(url.startswith(base) or url.startswith("data:") for url in page.requests), (
+        page.requests
+    )
 
 
 def _scrape(base: str) -> dict[str, float]:
@@ -230,11 +257,16 @@ def test_review_metrics(base: str, scans: list[dict[str, Any]]) -> None:
     assert metrics["ralf_review_overturn_ratio"] == pytest.approx(sum(expected) / 2)
 
 
-def test_export_then_calibrate(base: str, env: dict[str, str], reviewer: str, scans: list[dict[str, Any]], tmp_path: Path) -> None:
+def test_export_then_calibrate(
+    base: str, env: dict[str, str], reviewer: str, scans: list[dict[str, Any]], tmp_path: Path
+) -> None:
     desk = _login(base, reviewer)
-    for scan, outcome in zip(scans[2:], ("confirm_fake", "overturn_real")):
+    for scan, outcome in zip(scans[2:], ("confirm_fake", "overturn_real"), strict=True):
         csrf = _csrf(desk.get(f"/review/jobs/{scan['id']}").text)
-        assert desk.post(f"/review/jobs/{scan['id']}/decisions", data={"outcome": outcome, "csrf": csrf}).status_code == 303
+        assert (
+            desk.post(f"/review/jobs/{scan['id']}/decisions", data={"outcome": outcome, "csrf": csrf}).status_code
+            == 303
+        )
     out = tmp_path / "reviewed"
     runner = CliRunner()
     with deployment_environment(env):
@@ -265,7 +297,9 @@ def test_export_then_calibrate(base: str, env: dict[str, str], reviewer: str, sc
     assert "auc" in evaluated.stdout.lower()
 
 
-def test_deleting_a_scan_keeps_its_verdict_without_the_path(base: str, owner: str, scans: list[dict[str, Any]], media: Path, env: dict[str, str]) -> None:
+def test_deleting_a_scan_keeps_its_verdict_without_the_path(
+    base: str, owner: str, scans: list[dict[str, Any]], media: Path, env: dict[str, str]
+) -> None:
     job = scans[3]["id"]
     stored = list((media / "uploads").iterdir())
     evidence = Path(env["RALF_EVIDENCE_DIR"]) / job

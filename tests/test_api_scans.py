@@ -126,7 +126,9 @@ def test_keys_cli_shows_the_secret_once_and_stores_only_its_hash(env: dict[str, 
 # -- ownership: a key never reads another key's job ---------------------------------------------------
 
 
-def test_a_key_never_reads_another_keys_job_and_shared_content_is_one_job(base: str, env: dict[str, str], submitter: str) -> None:
+def test_a_key_never_reads_another_keys_job_and_shared_content_is_one_job(
+    base: str, env: dict[str, str], submitter: str
+) -> None:
     other = make_key(env, "submit", "uploader-b")
     first = upload(base, submitter, video_bytes("shared"), name="alice-private-name.mp4")
     assert first.status_code == 202, first.text
@@ -166,7 +168,7 @@ def _multipart_head(base: str, token: str, boundary: str, length_header: str) ->
 
 def _file_part_head(boundary: str) -> bytes:
     return (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.mp4\"\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.mp4"\r\n'
         "Content-Type: video/mp4\r\n\r\n"
     ).encode()
 
@@ -195,7 +197,11 @@ def test_the_size_cap_is_enforced_while_streaming(base: str, submitter: str, med
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b"application/problem+json" in answer
     assert sent < 8 * CAP, f"the server read {sent} bytes of a {CAP}-byte cap before answering"
-    wait_for(lambda: uploads_left(media) == [p for p in uploads_left(media) if not p.startswith(".incoming")], 10, "no partial upload")
+    wait_for(
+        lambda: uploads_left(media) == [p for p in uploads_left(media) if not p.startswith(".incoming")],
+        10,
+        "no partial upload",
+    )
     # A declared Content-Length above the cap is refused before any of the body is read.
     declared = httpx.post(
         f"{base}/v1/scans", headers={**bearer(submitter), "Content-Type": f"multipart/form-data; boundary={boundary}"},
@@ -246,7 +252,10 @@ def test_urls_follow_the_enqueue_rules(base: str, submitter: str, url: str) -> N
 
 def test_callback_urls_follow_the_same_rules(base: str, submitter: str) -> None:
     body = {"url": "https://example.org/cb.mp4", "callback_url": "http://169.254.169.254/hook"}
-    assert "not a public address" in is_problem(httpx.post(f"{base}/v1/scans", headers=bearer(submitter), json=body), 400)["detail"]
+    assert (
+        "not a public address"
+        in is_problem(httpx.post(f"{base}/v1/scans", headers=bearer(submitter), json=body), 400)["detail"]
+    )
     refused = upload(base, submitter, video_bytes("callback"), callback_url="http://10.1.2.3/hook")
     is_problem(refused, 400)
     body["callback_url"] = "https://hooks.example.org/ralf"
@@ -255,12 +264,17 @@ def test_callback_urls_follow_the_same_rules(base: str, submitter: str) -> None:
 
 def test_json_bodies_are_capped_while_reading(base: str, submitter: str) -> None:
     huge = b'{"url": "https://example.org/' + b"a" * (128 * 1024) + b'"}'
-    is_problem(httpx.post(f"{base}/v1/scans", headers={**bearer(submitter), "Content-Type": "application/json"}, content=huge), 413)
+    is_problem(
+        httpx.post(f"{base}/v1/scans", headers={**bearer(submitter), "Content-Type": "application/json"}, content=huge),
+        413,
+    )
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must hold while streaming
         yield huge
 
-    streamed = httpx.post(f"{base}/v1/scans", headers={**bearer(submitter), "Content-Type": "application/json"}, content=chunks())
+    streamed = httpx.post(
+        f"{base}/v1/scans", headers={**bearer(submitter), "Content-Type": "application/json"}, content=chunks()
+    )
     is_problem(streamed, 413)
 
 
@@ -290,16 +304,25 @@ def test_idempotency_key(base: str, submitter: str, media: Path) -> None:
     url_key = {"Idempotency-Key": f"url-{uuid.uuid4()}"}
     body = {"url": "https://example.org/idem.mp4"}
     assert httpx.post(f"{base}/v1/scans", headers={**bearer(submitter), **url_key}, json=body).status_code == 202
-    is_problem(httpx.post(f"{base}/v1/scans", headers={**bearer(submitter), **url_key}, json={"url": "https://example.org/other.mp4"}), 409)
+    is_problem(
+        httpx.post(
+            f"{base}/v1/scans", headers={**bearer(submitter), **url_key}, json={"url": "https://example.org/other.mp4"}
+        ),
+        409,
+    )
 
 
 # -- problem details -------------------------------------------------------------------------------------
 
 
 def test_problem_details_for_bad_requests(base: str, submitter: str, media: Path) -> None:
-    broken = httpx.post(f"{base}/v1/scans", headers={**bearer(submitter), "Content-Type": "application/json"}, content=b"{")
+    broken = httpx.post(
+        f"{base}/v1/scans", headers={**bearer(submitter), "Content-Type": "application/json"}, content=b"{"
+    )
     is_problem(broken, 422)
-    unknown = is_problem(httpx.post(f"{base}/v1/scans", headers=bearer(submitter), json={"url": "https://e.org/a", "x": 1}), 422)
+    unknown = is_problem(
+        httpx.post(f"{base}/v1/scans", headers=bearer(submitter), json={"url": "https://e.org/a", "x": 1}), 422
+    )
     assert "x" in unknown["detail"]
     bad_options = is_problem(upload(base, submitter, video_bytes("opts"), options='{"max_frames": 0}'), 422)
     assert "max_frames" in bad_options["detail"]
@@ -337,7 +360,11 @@ def test_redis_down_is_a_503_and_an_internal_error_says_nothing(media: Path) -> 
     with uvicorn_in_thread(service) as url, httpx.Client(base_url=url) as client:
         answer = client.get("/v1/scans", headers=bearer("ralf_0123456789abcdef_" + "A" * 43))
         body = is_problem(answer, 503)
-        assert answer.headers["retry-after"] == "5" and "6379" not in json.dumps(body) and "127.0.0.1" not in json.dumps(body)
+        assert (
+            answer.headers["retry-after"] == "5"
+            and "6379" not in json.dumps(body)
+            and "127.0.0.1" not in json.dumps(body)
+        )
         assert client.get("/readyz").status_code == 503 and client.get("/healthz").status_code == 200
         internal = is_problem(client.get("/boom"), 500)
         assert "secret" not in json.dumps(internal) and "RuntimeError" not in json.dumps(internal)
@@ -369,7 +396,9 @@ def test_listing_is_paginated_newest_first(base: str, env: dict[str, str]) -> No
     made = [upload(base, lister, video_bytes(f"page-{n}"), name=f"p{n}.mp4").json()["id"] for n in range(5)]
     seen, cursor = [], None
     while True:
-        page = httpx.get(f"{base}/v1/scans", headers=bearer(lister), params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
+        page = httpx.get(
+            f"{base}/v1/scans", headers=bearer(lister), params={"limit": 2, **({"cursor": cursor} if cursor else {})}
+        ).json()
         assert len(page["items"]) <= 2
         seen += [item["id"] for item in page["items"]]
         cursor = page["next_cursor"]
