@@ -18,7 +18,8 @@ import redis
 import torch
 from typer.testing import CliRunner
 
-from api_testing import BIN, api_env, api_server, bearer, is_problem, make_key, upload, wait_finished
+from api.keys import KeyStore
+from api_testing import BIN, api_env, api_server, bearer, is_problem, make_key, settings_of, upload, wait_finished
 from browser_testing import browser, require_chromium
 from cli.main import app
 from pipeline import synthetic
@@ -199,6 +200,15 @@ def test_the_desk_needs_a_session_and_csrf_and_keeps_every_decision(
     assert desk.get("/review/queue", params={"reviewed": "no"}).text.count(job) == 0
     assert job in desk.get("/review/queue", params={"reviewed": "yes"}).text
     assert "data:image/png" in desk.get(f"/review/jobs/{job}/report").text
+    # A revoked key's session ends with it; signing out ends a session too.
+    temporary = make_key(env, "review", "temporary")
+    other_desk = _login(base, temporary)
+    assert other_desk.get("/review/queue").status_code == 200
+    KeyStore(redis.Redis.from_url(REDIS_URL), settings_of(env)).revoke(temporary.split("_")[1])
+    assert other_desk.get("/review/queue").headers["location"] == "/review/login"
+    csrf = _csrf(desk.get("/review/queue").text)
+    assert desk.post("/review/logout", data={"csrf": csrf}).headers["location"] == "/review/login"
+    assert desk.get("/review/queue").headers["location"] == "/review/login"
 
 
 def test_the_review_desk_in_a_real_browser(
