@@ -20,6 +20,7 @@ CSS = """
 body{font:15px/1.45 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}
 header{background:#1d2330;color:#fff;padding:10px 24px;display:flex;gap:16px;align-items:center}
 header a{color:#fff}header form{margin-left:auto}main{max-width:1100px;margin:0 auto;padding:20px}
+h1{font-size:22px;word-break:break-all}
 table{border-collapse:collapse;width:100%;background:#fff}th,td{text-align:left;padding:6px 8px;border-bottom:1px solid #e3e6ea}
 .fake{color:#c62828;font-weight:700}.real{color:#2e7d32;font-weight:700}
 form.filters{display:flex;flex-wrap:wrap;gap:10px;align-items:end;margin-bottom:14px}

@@ -122,6 +122,7 @@ def browser(profile: Path) -> Iterator[Page]:
             page = Page(socket)
             page.call("Page.enable")
             page.call("Network.enable")
+            page.call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1, mobile=False)
             yield page
     finally:
         process.terminate()
