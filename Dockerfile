@@ -24,7 +24,8 @@ COPY pipeline ./pipeline
 COPY worker ./worker
 COPY trainer ./trainer
 COPY cli ./cli
-RUN pip install . && python -c "import cli.main, worker.workers"
+COPY api ./api
+RUN pip install . && python -c "import cli.main, worker.workers, api.app"
 
 RUN useradd --system --create-home --uid 10001 ralf
 USER ralf

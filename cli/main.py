@@ -9,6 +9,7 @@ from cli import import_weights as _import_weights  # noqa: F401  (import-weights
 from cli import queue as _queue  # noqa: F401  (enqueue/status/result/jobs/worker)
 from cli import report as _report  # noqa: F401  (report)
 from cli import scan as _scan  # noqa: F401  (scan/demo/schema)
+from cli import serve as _serve  # noqa: F401  (serve, keys, reviews: the HTTP front door)
 from cli import train as _train  # noqa: F401  (prepare/train/evaluate)
 from cli.app import app
 

@@ -143,3 +143,29 @@ def test_every_worker_exposes_its_metrics_port_to_the_scrape_config(name: str) -
     prometheus = SERVICES["prometheus"]
     assert prometheus["profiles"] == ["metrics"]
     assert any(volume.startswith("./deploy/prometheus.yml:") for volume in prometheus["volumes"])
+
+
+def test_the_api_service_serves_what_the_workers_read_and_is_health_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from api.uploads import upload_dir
+
+    api, worker = SERVICES["api"], SERVICES["worker"]
+    for key in settings_env_names():
+        monkeypatch.delenv(key, raising=False)
+    for key, value in api["environment"].items():
+        monkeypatch.setenv(key, str(value))
+    settings = Settings()
+    uploads = PurePosixPath(upload_dir(settings))
+    # The uploads land on a volume the API writes and every worker mounts at the same place.
+    writable = {PurePosixPath(v.split(":")[1]) for v in api["volumes"] if not v.endswith(":ro")}
+    assert uploads in writable
+    assert any(v.split(":")[0] == "uploads" and PurePosixPath(v.split(":")[1]) == uploads for v in worker["volumes"])
+    assert api["environment"]["RALF_EVIDENCE_DIR"] == worker["environment"]["RALF_EVIDENCE_DIR"]
+    assert urlsplit(settings.redis_url).hostname in SERVICES and settings.api_host == "0.0.0.0"
+    probe = " ".join(api["healthcheck"]["test"])
+    assert f"127.0.0.1:{settings.api_port}/healthz" in probe
+    published = api["ports"][0].rsplit(":", 1)[1]
+    assert int(published) == settings.api_port and api["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "deploy" not in api  # no GPU: the API never runs the model
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    assert any("api" in sd["names"] and sd["port"] == settings.api_port
+               for job in scrape["scrape_configs"] for sd in job.get("dns_sd_configs", []))  # fmt: skip

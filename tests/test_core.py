@@ -59,6 +59,23 @@ def test_importing_the_core_does_not_import_torch() -> None:
     assert int(count) >= 7 and torch_loaded == "False"
 
 
+IMPORT_THE_API = """
+import importlib, pkgutil, sys
+import api
+names = [m.name for m in pkgutil.walk_packages(api.__path__, "api.")]
+for name in names:
+    importlib.import_module(name)
+importlib.import_module("api.app").create_app()
+print(len(names), "torch" in sys.modules)
+"""
+
+
+def test_the_http_service_never_imports_torch() -> None:
+    # The API enqueues and reads verdicts; the model runs only on the workers.
+    count, torch_loaded = _run(IMPORT_THE_API).split()
+    assert int(count) >= 10 and torch_loaded == "False"
+
+
 ENQUEUE_WITH_WEIGHTS = """
 import json, sys
 from ralf.core.settings import Settings
@@ -160,7 +177,8 @@ def test_decision_applies_the_temperature_to_threshold_and_faces() -> None:
 # -- the import arrows of ARCHITECTURE.md ------------------------------------------------------------
 
 ALLOWED_IMPORTS = {
-    "cli": {"cli", "worker", "trainer", "pipeline", "ralf"},
+    "cli": {"cli", "api", "worker", "trainer", "pipeline", "ralf"},
+    "api": {"api", "worker", "pipeline", "ralf"},
     "worker": {"worker", "pipeline", "ralf"},
     "trainer": {"trainer", "pipeline", "ralf"},
     "pipeline": {"pipeline", "ralf"},

@@ -116,6 +116,24 @@ class Settings(BaseSettings, WorkerOptions, Sampling):
     )
     webhook_timeout_s: float = Field(10.0, gt=0, description="Deadline of one webhook POST, seconds")
 
+    # --- the HTTP API and the review desk (`ralf-cli serve`) ------------------------------------
+    api_host: str = Field("127.0.0.1", description="Address `ralf-cli serve` listens on")
+    api_port: int = Field(8000, ge=1, le=65535, description="Port `ralf-cli serve` listens on")
+    api_upload_dir: Path | None = Field(
+        None,
+        description="Where uploads are stored (must lie under a media root; unset: <first media root>/uploads)",
+    )
+    api_max_upload_bytes: int | None = Field(
+        None, ge=1, description="Uploads larger than this are refused while streaming (unset: max_file_bytes)"
+    )
+    api_rate_per_minute: int = Field(600, ge=1, description="Requests per minute per API key (default of new keys)")
+    api_daily_quota: int = Field(10000, ge=1, description="Submissions per UTC day per API key (default of new keys)")
+    api_idempotency_ttl_s: int = Field(24 * 3600, ge=1, description="How long Idempotency-Key records are kept")
+    api_session_ttl_s: int = Field(8 * 3600, ge=60, description="Lifetime of a review desk session")
+    review_uncertain_margin: float = Field(
+        0.15, ge=0.0, le=1.0, description="'real' verdicts within this distance below the threshold go to the review queue"
+    )
+
     @field_validator("media_roots", "retry_intervals_s", "url_allow", "webhook_retry_intervals_s", mode="before")
     @classmethod
     def _env_list(cls, value: object) -> object:
