@@ -15,15 +15,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.verdict import TrackVerdict
+from ralf.core.options import MIN_TRACK_FACE_PX, MIN_TRACK_FACES, MIN_TRACK_SECONDS
 
 
 @dataclass(frozen=True)
 class EvidenceRule:
     """What a track needs to decide the video (see the module docstring)."""
 
-    min_faces: int = 3  # sampled faces; at the default 2 frames/s about 1.5 s on screen
-    min_seconds: float = 1.0  # ... or this long between its first and last face
-    min_face_px: float = 0.0  # median longer side of its face boxes, frame pixels
+    min_faces: int = MIN_TRACK_FACES  # sampled faces; at the default 2 frames/s about 2 s on screen
+    min_seconds: float = MIN_TRACK_SECONDS  # ... or this long between its first and last face
+    min_face_px: float = MIN_TRACK_FACE_PX  # median longer side of its face boxes, frame pixels
 
     def __post_init__(self) -> None:
         if self.min_faces < 1:

@@ -62,8 +62,8 @@ class Sampling(BaseModel):
 
 # How much evidence a track needs to decide a video (pipeline/track_evidence.py; chosen on real videos,
 # MODEL_CARD.md "Decisions per video").
-MIN_TRACK_FACES = 3
-MIN_TRACK_SECONDS = 1.0
+MIN_TRACK_FACES = 5
+MIN_TRACK_SECONDS = 2.0
 MIN_TRACK_FACE_PX = 0.0
 
 
