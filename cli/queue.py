@@ -15,11 +15,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rq.job import Job, JobStatus
-from rq.serializers import JSONSerializer
 
 from cli.app import app
 from cli.common import EXIT_ERROR, AggregationFlag, EveryNFlag, FpsFlag, MaxFramesFlag, load_settings
 from pipeline.verdict import Verdict
+from ralf.core.redaction import mask_url, mask_urls_in
 from ralf.core.settings import Priority, Settings, WorkerMode
 from worker.jobs import ScanOverrides, describe_validation_error
 from worker.queue import (
@@ -37,6 +37,7 @@ from worker.queue import (
     model_version,
 )
 from worker.sources import SourceRefused
+from worker.stored import GuardedJob, fetch_many
 from worker.webhooks import CallbackRefused, check_callback_url, job_deliveries
 
 out = Console()
@@ -50,7 +51,10 @@ def _print_json(value: Any) -> None:
 
 
 def _redis_failure(exc: RedisError, settings: Settings) -> typer.Exit:
-    err.print(f"[red]cannot talk to Redis at {settings.redis_url}:[/red] {exc}")
+    """Exit 3 with the reason; the Redis URL shown without its password (mask_url)."""
+    shown = mask_url(settings.redis_url)
+    reason = mask_urls_in(str(exc), [settings.redis_url])
+    err.print(f"[red]cannot talk to Redis at {escape(shown)}:[/red] {escape(reason)}", highlight=False, soft_wrap=True)
     return typer.Exit(3)
 
 
@@ -132,9 +136,14 @@ def enqueue(
 
     failed = False
     if wait and accepted and redis_error is None:
-        states = _wait_for(connection, [job.job_id for job in accepted], timeout_s=wait_timeout, quiet=as_json)
-        failed = any(state.status != JobStatus.FINISHED.value for state in states)
-        _report_waited(connection, states, refused, as_json, {job.job_id: job.source for job in accepted})
+        try:
+            states = _wait_for(connection, [job.job_id for job in accepted], timeout_s=wait_timeout, quiet=as_json)
+            failed = any(state.status != JobStatus.FINISHED.value for state in states)
+            _report_waited(connection, states, refused, as_json, {job.job_id: job.source for job in accepted})
+        except RedisError as exc:  # Redis went away while waiting: the jobs are enqueued, say so
+            for job in accepted:
+                err.print(f"enqueued {job.job_id}\t{escape(job.source)}; its outcome is unknown")
+            raise _redis_failure(exc, settings) from None
     elif as_json:
         _print_json({"jobs": [job.model_dump() for job in accepted], "refused": refused})
     else:
@@ -167,8 +176,8 @@ def _wait_for(connection: Any, job_ids: list[str], *, timeout_s: float, quiet: b
     with progress:
         tasks = {job_id: progress.add_task(job_id[:24], total=1.0, stage="queued") for job_id in job_ids}
         while True:
-            for job in Job.fetch_many(job_ids, connection=connection, serializer=JSONSerializer):
-                if job is None:
+            for job in fetch_many(connection, job_ids):
+                if not isinstance(job, GuardedJob):
                     continue
                 state = job_state(job)
                 states[job.id] = state
@@ -256,8 +265,11 @@ def status(
     webhook deliveries (receiver host, state, attempts, last error)."""
     settings = load_settings()
     job = _load_job(job_id, settings)
-    state = job_state(job)
-    deliveries = [vars(d) for d in job_deliveries(job.connection, settings, job.id, job.created_at)]
+    try:
+        state = job_state(job)
+        deliveries = [vars(d) for d in job_deliveries(job.connection, settings, job.id, job.created_at)]
+    except RedisError as exc:
+        raise _redis_failure(exc, settings) from None
     if as_json:
         _print_json({**state.model_dump(mode="json"), "webhooks": deliveries})
         return
@@ -279,7 +291,11 @@ def result(
     """The verdict of a finished job (exit 5 while it is not finished, 1 if it failed)."""
     settings = load_settings()
     job = _load_job(job_id, settings)
-    state = job_state(job)
+    try:
+        state = job_state(job)
+        verdict = job_verdict(job) if state.status == JobStatus.FINISHED.value else None
+    except RedisError as exc:
+        raise _redis_failure(exc, settings) from None
     if state.status != JobStatus.FINISHED.value:
         message = f"job {job_id} is {state.status}" + (f": {state.error}" if state.error else "")
         if as_json:
@@ -287,7 +303,6 @@ def result(
         else:
             err.print(message)
         raise typer.Exit(1 if state.status == JobStatus.FAILED.value else 5)
-    verdict = job_verdict(job)
     if verdict is None:
         err.print(f"[red]job {job_id} finished but its result has expired[/red]")
         raise typer.Exit(4)

@@ -1,22 +1,20 @@
-"""Scan workers: rq workers that load the model once per process and warm it up before the first job.
+"""`ScanWorkerBase`: what both worker modes share (worker/worker_classes.py builds the two modes
+on it, worker/workers.py the `ScanWorker` that picks one).
 
 Why not rq's default worker as is: `rq.Worker` forks a fresh work horse per job, so a model loaded
 lazily inside the job dies with the horse and is reloaded for every video.
 
-`ScanWorker` is the base of two modes, as rq has `Worker` and `SimpleWorker`
-(worker/worker_classes.py): `ForkScanWorker` (CPU: a horse per job, forked from the process holding
-the model) and `InProcessScanWorker` (CUDA: jobs in the process holding the model and its CUDA
-context). Constructing `ScanWorker` itself gives the class its `mode` names (default
-RALF_WORKER_MODE); `auto` picks in-process when the scan device resolves to CUDA, fork otherwise.
-
-Three more duties, whichever command started it:
-- only scan jobs run: a job naming another function, a bound instance, callbacks or webhooks, or an
-  invalid payload, is failed with the reason before anything of it is imported (`job_refusal`);
+Duties, whichever command started it:
+- only scan jobs run: a job naming another function, a bound instance, callbacks, webhooks,
+  dependencies or repeats, or an invalid payload, is failed with the reason before anything of it is
+  imported (`job_refusal`); jobs are read as `GuardedJob`s, which never import a name stored in
+  Redis, and rq's registry maintenance is replaced by one that calls nothing (worker/stored.py);
 - crash-safe hand-over: jobs are claimed atomically from the three priority queues into the worker's
   claims hash and leave it atomically for the StartedJobRegistry (worker/handover.py), so a worker
   killed at any moment loses no job; the liveness thread gives dead workers' claims back;
 - retries come back on time: the liveness thread (not rq's scheduler process, whose lock outlives a
-  killed worker by a minute) moves jobs whose back-off is over to their queue.
+  killed worker by a minute) moves jobs whose back-off is over to their queue; a burst worker waits
+  for retries due within RALF_BURST_RETRY_WAIT_S before it leaves, and says when the others are due.
 
 Two more services, from the main process only (forked horses die after each job):
 - metrics (`metrics_port`, RALF_METRICS_PORT): each job's outcome is read back from Redis when the
@@ -24,10 +22,6 @@ Two more services, from the main process only (forked horses die after each job)
 - webhooks: a job's callbacks are scheduled once its result is stored (`handle_job_success` /
   `handle_job_failure`), and a sender thread delivers them (worker/webhooks/); a burst worker
   delivers what is due before it leaves.
-
-Use it as `ralf-cli worker`, or as `rq worker ... --worker-class worker.workers.ScanWorker` (or
-`worker.worker_classes.ForkScanWorker` / `InProcessScanWorker` to fix the mode). A plain `rq worker`
-without one of them runs whatever a job names: never point one at these queues.
 """
 
 from __future__ import annotations
@@ -36,23 +30,29 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 import redis
+from rq import worker_registration
 from rq.exceptions import NoSuchJobError, StopRequested
 from rq.executions import Execution
+from rq.group import Group
 from rq.job import Job, JobStatus
 from rq.queue import Queue
-from rq.registry import FailedJobRegistry
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry
 from rq.serializers import JSONSerializer
+from rq.utils import now
 from rq.worker import BaseWorker, WorkerStatus
 
 from pipeline.verdict import Verdict
-from ralf.core.settings import Settings, WorkerMode
-from worker.handover import claim_next, claims_key, release_claim, return_claims
+from ralf.core.settings import WorkerMode
+from worker.handover import claim_next, move_due_scheduled, release_claim, return_claims
 from worker.jobs import job_refusal, preload_scanner, worker_settings
-from worker.liveness import LivenessBeat
+from worker.keys import claims_key
+from worker.liveness import LivenessBeat, announce_failed
 from worker.metrics import WorkerMetrics
+from worker.stored import GuardedJob, clean_started_registry, fail_unreadable, unreadable_reason
 from worker.webhooks import WebhookSender, schedule_callbacks
 
 log = logging.getLogger(__name__)
@@ -65,30 +65,16 @@ class ClaimLost(RuntimeError):
     """This worker's claim on a job was given back (it was presumed dead); the job is not run here."""
 
 
-def resolve_mode(mode: WorkerMode, settings: Settings) -> WorkerMode:
-    if mode != "auto":
-        return mode
-    return "in-process" if settings.scan_options().resolved_device() == "cuda" else "fork"
-
-
-class ScanWorker(BaseWorker):
+class ScanWorkerBase(BaseWorker):
     """rq worker with a preloaded, warmed-up Scanner, guarded claims, liveness keys, webhooks and metrics.
 
-    The base of both modes; `ScanWorker(...)` itself builds the class of `mode` (see the module docstring).
-    """
+    The base of both modes (worker/worker_classes.py); `worker.workers.ScanWorker(...)` builds the
+    class of the configured mode."""
 
     mode: ClassVar[WorkerMode]
     # The main process's torch threads while it waits for jobs (None: as many as a job gets).
     idle_threads: ClassVar[int | None] = None
     jobs_run: ClassVar[str]  # where, for the start-up log line
-
-    def __new__(cls, *args: Any, mode: WorkerMode | None = None, **kwargs: Any) -> ScanWorker:
-        if cls is ScanWorker:  # `rq worker --worker-class worker.workers.ScanWorker` and `ralf-cli worker`
-            from worker.worker_classes import WORKER_CLASSES  # deferred: they import this module
-
-            settings = worker_settings()
-            cls = WORKER_CLASSES[resolve_mode(mode or settings.worker_mode, settings)]
-        return super().__new__(cls)
 
     def __init__(
         self,
@@ -106,6 +92,7 @@ class ScanWorker(BaseWorker):
         if kwargs.get("connection") is None and isinstance(listed[0], Queue):
             kwargs["connection"] = listed[0].connection
         kwargs["serializer"] = JSONSerializer
+        kwargs["job_class"] = GuardedJob  # never imports a function, callback or webhook named in Redis
         super().__init__([q.name if isinstance(q, Queue) else q for q in listed], *args, **kwargs)
         self.settings = worker_settings()
         if mode not in (None, "auto", self.mode):
@@ -232,34 +219,92 @@ class ScanWorker(BaseWorker):
                 self.heartbeat()
                 return job, queue
             if timeout is None:
+                if self._retry_due_soon():  # a burst worker finishes the retries that fall due
+                    time.sleep(IDLE_POLL_S)
+                    continue
                 return None
             if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
                 return None
             time.sleep(IDLE_POLL_S)
 
+    def _retry_due_soon(self) -> bool:
+        """For a burst worker with empty queues: True when a retry of its queues falls due within
+        RALF_BURST_RETRY_WAIT_S (it is moved now if due, and the worker stays for it); else the later
+        retries are named in the log, with when the next one is due, and the worker may leave."""
+        waiting, next_due = 0, None
+        for queue in self.queues:
+            key = ScheduledJobRegistry(queue=queue).key
+            waiting += self.connection.zcard(key)
+            first = self.connection.zrange(key, 0, 0, withscores=True)
+            if first and (next_due is None or first[0][1] < next_due):
+                next_due = first[0][1]
+        if next_due is None:
+            return False
+        if next_due <= time.time() + self.settings.burst_retry_wait_s:
+            move_due_scheduled(self.connection, self.queues)
+            return True
+        when = datetime.fromtimestamp(next_due, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        self.log.warning(
+            "Worker %s: leaving with the queues empty; %d %s still wait%s for %s back-off, the next due at %s: "
+            "a worker running then will take %s",
+            self.name,
+            waiting,
+            "retry" if waiting == 1 else "retries",
+            "s" if waiting == 1 else "",
+            "its" if waiting == 1 else "their",
+            when,
+            "it" if waiting == 1 else "them",
+        )
+        return False
+
     def _claimed_job(self, job_id: str, queue: Queue) -> Job | None:
         """The claimed job, or None (claim dropped) when it vanished or cannot even be read."""
         try:
             try:
-                return Job.fetch(job_id, connection=self.connection, serializer=self.serializer)
+                return GuardedJob.fetch(job_id, connection=self.connection, serializer=self.serializer)
             except NoSuchJobError:
                 release_claim(self.connection, self.settings, self.name, job_id)
                 return None
         except (StopRequested, redis.RedisError):
             raise
         except Exception as exc:  # noqa: BLE001 - a malformed job hash must not stop the worker
-            self._fail_unreadable(job_id, queue, f"refused: the job cannot be read ({type(exc).__name__}: {exc})")
+            fail_unreadable(self.connection, job_id, queue, unreadable_reason(exc), self.settings.failure_ttl_s)
+            release_claim(self.connection, self.settings, self.name, job_id)
             return None
 
-    def _fail_unreadable(self, job_id: str, queue: Queue, reason: str) -> None:
-        """Mark a job rq cannot even load as failed, by hand (no Job object to hand to rq)."""
-        self.log.error("Worker %s: job %s %s", self.name, job_id, reason)
-        expires = time.time() + self.settings.failure_ttl_s
-        with self.connection.pipeline() as pipe:
-            pipe.hset(Job.key_for(job_id), mapping={"status": JobStatus.FAILED.value, "exc_info": reason})
-            pipe.zadd(FailedJobRegistry(queue=queue).key, {job_id: expires})
-            pipe.hdel(claims_key(self.settings, self.name), job_id)
-            pipe.execute()
+    # --- maintenance: rq's, without calling anything a job names ------------------------------------
+    def run_maintenance_tasks(self) -> None:
+        """rq's periodic maintenance (scheduler check, registry cleanup, groups); a failure of one part
+        is logged and never stops the worker (a worker that exits 0 is not restarted)."""
+        for task in (self.clean_registries, lambda: Group.clean_registries(connection=self.connection)):
+            try:
+                task()
+            except (StopRequested, redis.ConnectionError):
+                raise
+            except Exception:  # noqa: BLE001 - maintenance must not cost the worker
+                self.log.exception("Worker %s: maintenance step failed", self.name)
+        self.last_cleaned_at = now()
+
+    def clean_registries(self) -> None:
+        """rq's `clean_registries` with `clean_started_registry` instead of rq's StartedJobRegistry
+        cleanup (which imports and calls an abandoned job's failure callback), and the maintenance
+        lock released whatever happens."""
+        for queue in self.queues:
+            if not queue.acquire_maintenance_lock():
+                continue
+            try:
+                self.log.info("Worker %s: cleaning registries for queue: %s", self.name, queue.name)
+                FinishedJobRegistry(queue=queue).cleanup()
+                clean_started_registry(queue, self.settings.failure_ttl_s, on_failed=self._announce_failed)
+                FailedJobRegistry(queue=queue).cleanup()
+                worker_registration.clean_worker_registry(queue)
+                queue.intermediate_queue.cleanup(self, queue)
+            finally:
+                queue.release_maintenance_lock()
+        self.last_cleaned_at = now()
+
+    def _announce_failed(self, job_id: str) -> None:
+        announce_failed(self.connection, self.settings, job_id)
 
     def prepare_execution(self, job: Job) -> Execution:
         """rq's own bookkeeping (StartedJobRegistry entry, worker busy) and the claim's release in ONE

@@ -11,10 +11,13 @@ from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from redis import Redis
+from rq.job import JobStatus
+from rq.serializers import JSONSerializer
 
 from ralf.core.addresses import Resolver, system_resolver
 from ralf.core.settings import Settings
 from worker.sources import SourceRefused, check_url
+from worker.stored import GuardedJob
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +71,13 @@ def register_callback(connection: Redis, settings: Settings, job_id: str, url: s
     """Add `url` to the job's callbacks; if the job has already ended, schedule its delivery now.
     Returns True when a delivery was scheduled at once. (The URL is added before the job's state is
     read, and a worker stores the result before reading the callbacks: one of the two sees the other.)"""
-    from rq.job import Job, JobStatus
-    from rq.serializers import JSONSerializer
-
     key = callbacks_key(settings, job_id)
     with connection.pipeline() as pipe:
         pipe.sadd(key, url)
         pipe.expire(key, _keep_s(settings))
         pipe.execute()
     try:
-        job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+        job = GuardedJob.fetch(job_id, connection=connection, serializer=JSONSerializer)
     except Exception:  # noqa: BLE001 - no job yet: the worker schedules it when the job ends
         return False
     status = job.get_status(refresh=False)
