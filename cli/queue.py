@@ -340,7 +340,14 @@ def jobs(
 
 @app.command("worker")
 def worker_command(
-    burst: Annotated[bool, typer.Option("--burst", help="Quit when the queues are empty")] = False,
+    burst: Annotated[
+        bool,
+        typer.Option(
+            "--burst",
+            help="Quit when the queues are empty and no retry falls due within RALF_BURST_RETRY_WAIT_S "
+            "(later ones are named in the log)",
+        ),
+    ] = False,
     mode: Annotated[
         WorkerMode | None, typer.Option(help="fork | in-process | auto (default: RALF_WORKER_MODE)")
     ] = None,

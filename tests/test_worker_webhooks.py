@@ -345,11 +345,25 @@ def _run_scenario(settings: Settings, connection: redis.Redis, env: dict[str, st
 
 @requires_redis
 def test_rq_info_reads_the_queues_with_the_json_serializer(env: dict[str, str], worker: subprocess.Popen[bytes]) -> None:
-    """`rq info` (rq's own tool) lists our queues and workers when given the JSON serializer."""
+    """`rq info` (rq's own tool) lists our queues and workers when given the JSON serializer, and with the
+    documented queue class its registry cleanup calls nothing a planted job names (`builtins.print` would
+    print the job)."""
+    from rq import Callback, Queue
+    from rq.registry import StartedJobRegistry
+    from rq.serializers import JSONSerializer
+
+    connection = redis.Redis.from_url(REDIS_URL)
+    queue = Queue(f"{PREFIX}-default", connection=connection, serializer=JSONSerializer)
+    planted = queue.enqueue("worker.jobs.run_scan_job", {}, job_id=f"{PREFIX}-planted-info",
+                            on_failure=Callback("builtins.print"))
+    connection.lrem(queue.key, 0, planted.id)
+    connection.zadd(StartedJobRegistry(queue=queue).key, {f"{planted.id}:exec": 1})
     result = subprocess.run(
         [str(BIN / "rq"), "info", "--url", REDIS_URL, "--serializer", "rq.serializers.JSONSerializer",
-         f"{PREFIX}-high", f"{PREFIX}-default", f"{PREFIX}-low"],
+         "--queue-class", "worker.stored.GuardedQueue", f"{PREFIX}-high", f"{PREFIX}-default", f"{PREFIX}-low"],
         env=env, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert f"{PREFIX}-default" in result.stdout and f"{PREFIX}-w" in result.stdout
+    assert "<Job " not in result.stdout + result.stderr  # what print(job, connection, ...) would write
+    assert f"{planted.id}: its failure callback 'builtins.print' is not run" in result.stdout + result.stderr

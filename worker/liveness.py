@@ -4,15 +4,16 @@ rq finds abandoned jobs on its own, but late: a StartedJobRegistry entry expires
 job monitoring interval + 60 s (forking worker) or the whole job timeout + 60 s (in-process worker,
 whose main thread is busy with the job). Our workers therefore publish a short-lived liveness key
 from a background thread; a worker whose key has expired is dead:
-- any of its jobs still marked started is handed back to rq's own abandoned-job path (retry if
-  retries are left, else failed);
+- any of its jobs still marked started goes through the abandoned-job cleanup
+  (`worker.stored.clean_started_registry`: retry if retries are left, else failed; a job that is no
+  plain scan job failed as refused; nothing a job names is called);
 - any job it had claimed but not started (worker/handover.py) goes back to the front of its queue,
   without using up a retry (it never ran).
 A worker whose key expired but whose main process still runs on the reaper's own host is not dead,
 only starved of CPU (or stopped): its jobs are left alone, since re-running them would run them twice.
 The same thread moves jobs whose retry back-off is over back to their queues (every second), so
 retries do not wait for rq's scheduler lock to expire when the worker holding it was killed.
-Jobs of workers that never published liveness (plain `rq worker`) are left to rq's timing.
+Jobs of workers that never published liveness are left to the registries' own expiry.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.executions import Execution
-from rq.job import JobStatus
 from rq.registry import StartedJobRegistry
 
 from ralf.core.settings import Settings
@@ -36,7 +36,7 @@ from worker.handover import move_due_scheduled, return_claims
 from worker.jobs import note_crashed_attempt
 from worker.keys import alive_key, members_key, process_key, reaper_lock_key
 from worker.stored import GuardedJob, clean_started_registry
-from worker.webhooks import schedule_callbacks
+from worker.webhooks import schedule_failed_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -148,22 +148,6 @@ def _note_crash(connection: Redis, job_id: str, serializer: object) -> None:
         log.warning("could not mark job %s as crashed: %s", job_id, exc)
 
 
-def announce_failed(connection: Redis, settings: Settings, job_id: str) -> None:
-    """A scan job the started-registry cleanup just failed for good gets its webhooks (worker/webhooks/)."""
-    try:
-        job = GuardedJob.fetch(job_id, connection=connection, serializer=_json())
-        if job.get_status(refresh=False) == JobStatus.FAILED:
-            schedule_callbacks(connection, settings, job_id, job.created_at, "failed")
-    except Exception as exc:  # noqa: BLE001 - best effort: the failure itself is recorded
-        log.warning("webhooks of failed job %s not scheduled: %s", job_id, exc)
-
-
-def _json() -> object:
-    from rq.serializers import JSONSerializer
-
-    return JSONSerializer
-
-
 def dead_workers(connection: Redis, settings: Settings, names: set[str]) -> set[str]:
     """Those of `names` that published liveness once and whose key has expired since."""
     candidates = [n for n in names if n and connection.sismember(members_key(settings), n)]
@@ -220,7 +204,7 @@ def requeue_abandoned(connection: Redis, settings: Settings, queues: list[Queue]
                 queue,
                 settings.failure_ttl_s,
                 timestamp=1,
-                on_failed=lambda job_id: announce_failed(connection, settings, job_id),
+                on_failed=lambda job_id: schedule_failed_callbacks(connection, settings, job_id),
             )
             log.warning("re-queued jobs of dead workers %s: %s", sorted(dead), recovered)
         for name in _forgettable(connection, settings):

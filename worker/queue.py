@@ -34,6 +34,7 @@ from worker.jobs import JOB_FUNCTION, ScanJob, ScanOverrides, job_id_for, shared
 from worker.sources import SourceRefused, check_source
 from worker.stored import (
     GuardedJob,
+    GuardedQueue,
     JobNotFound,
     clean_started_registry,
     failure_reason,
@@ -42,7 +43,12 @@ from worker.stored import (
     fetch_many,
     unreadable_reason,
 )
-from worker.webhooks.callbacks import CallbackRefused, check_callback_url, register_callback
+from worker.webhooks.callbacks import (
+    CallbackRefused,
+    check_callback_url,
+    register_callback,
+    schedule_failed_callbacks,
+)
 
 __all__ = ["JobNotFound", "failure_reason", "fetch_job"]  # with the client functions below
 
@@ -60,7 +66,7 @@ def connect(settings: Settings) -> Redis:
 
 
 def scan_queue(settings: Settings, connection: Redis, priority: Priority = "default") -> Queue:
-    return Queue(settings.queue_name(priority), connection=connection, serializer=JSONSerializer, job_class=GuardedJob)
+    return GuardedQueue(settings.queue_name(priority), connection=connection)
 
 
 def all_queues(settings: Settings, connection: Redis) -> list[Queue]:
@@ -238,7 +244,7 @@ def _existing_job(
     existing = fetch_job(connection, job_id)
     # A queued job that no queue, worker claim or registry holds would never run (a worker died
     # mid-hand-over under an older version, or state was lost): put it back instead of returning it.
-    origin = Queue(existing.origin, connection=connection, serializer=JSONSerializer, job_class=GuardedJob)
+    origin = GuardedQueue(existing.origin, connection=connection)
     requeued = requeue_if_orphan(connection, settings, job_id, origin)
     if requeued:
         existing.refresh()
@@ -404,7 +410,11 @@ def _id_pages(connection: Redis, settings: Settings, failed: bool, page_size: in
         sources += [kind(queue=queue) for kind in kinds]
         for source in sources:
             if isinstance(source, StartedJobRegistry):  # rq's own cleanup would call a planted job's callback
-                clean_started_registry(queue, settings.failure_ttl_s)
+                clean_started_registry(
+                    queue,
+                    settings.failure_ttl_s,
+                    on_failed=lambda job_id: schedule_failed_callbacks(connection, settings, job_id),
+                )
             elif isinstance(source, BaseRegistry):
                 source.cleanup()
             yield from _pages(source, page_size)

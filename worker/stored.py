@@ -25,6 +25,7 @@ from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.results import Result
+from rq.serializers import JSONSerializer
 from rq.utils import current_timestamp, now
 
 from worker.jobs import JOB_FUNCTION, job_refusal, run_scan_job
@@ -86,11 +87,24 @@ class GuardedJob(Job):
             log.warning("job %s: its %s callback %r is not run (scan jobs carry none)", self.id, kind, str(name)[:200])
 
 
+class GuardedQueue(Queue):
+    """An rq queue whose jobs (and registries) are `GuardedJob`s, always read as JSON: for the workers,
+    the client, and rq's own tools (`rq info --queue-class worker.stored.GuardedQueue`), whose registry
+    counts run rq's cleanup with the queue's job class and serializer."""
+
+    job_class = GuardedJob
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["serializer"] = JSONSerializer
+        kwargs.pop("job_class", None)  # never another job class: that one would import what jobs name
+        super().__init__(*args, **kwargs)
+
+
 def fetch_job(connection: Redis, job_id: str) -> GuardedJob:
     if not _JOB_ID.fullmatch(job_id):
         raise JobNotFound(f"{job_id!r} is not a job id (ids are letters, digits, '-' and '_', as enqueue prints them)")
     try:
-        return GuardedJob.fetch(job_id, connection=connection, serializer=_serializer())
+        return GuardedJob.fetch(job_id, connection=connection, serializer=JSONSerializer)
     except NoSuchJobError:
         raise JobNotFound(f"no job {job_id!r} (never enqueued, or its result has expired)") from None
 
@@ -99,7 +113,7 @@ def fetch_many(connection: Redis, job_ids: list[str]) -> list[GuardedJob | str |
     """The jobs of `job_ids` in one round trip: a job, None (no such job), or for a hash that cannot
     be read the reason (one malformed hash must not hide the others)."""
     try:
-        return list(GuardedJob.fetch_many(job_ids, connection=connection, serializer=_serializer()))
+        return list(GuardedJob.fetch_many(job_ids, connection=connection, serializer=JSONSerializer))
     except RedisError:
         raise
     except Exception:  # noqa: BLE001 - some hash is malformed: read them one by one
@@ -108,7 +122,7 @@ def fetch_many(connection: Redis, job_ids: list[str]) -> list[GuardedJob | str |
 
 def _fetch_or_reason(connection: Redis, job_id: str) -> GuardedJob | str | None:
     try:
-        return GuardedJob.fetch(job_id, connection=connection, serializer=_serializer())
+        return GuardedJob.fetch(job_id, connection=connection, serializer=JSONSerializer)
     except NoSuchJobError:
         return None
     except RedisError:
@@ -119,12 +133,6 @@ def _fetch_or_reason(connection: Redis, job_id: str) -> GuardedJob | str | None:
 
 def unreadable_reason(exc: Exception) -> str:
     return f"refused: the job cannot be read ({type(exc).__name__})"
-
-
-def _serializer() -> Any:
-    from rq.serializers import JSONSerializer
-
-    return JSONSerializer
 
 
 def failure_reason(job: Job) -> str | None:

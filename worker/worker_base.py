@@ -50,10 +50,10 @@ from ralf.core.settings import WorkerMode
 from worker.handover import claim_next, move_due_scheduled, release_claim, return_claims
 from worker.jobs import job_refusal, preload_scanner, worker_settings
 from worker.keys import claims_key
-from worker.liveness import LivenessBeat, announce_failed
+from worker.liveness import LivenessBeat
 from worker.metrics import WorkerMetrics
-from worker.stored import GuardedJob, clean_started_registry, fail_unreadable, unreadable_reason
-from worker.webhooks import WebhookSender, schedule_callbacks
+from worker.stored import GuardedJob, GuardedQueue, clean_started_registry, fail_unreadable, unreadable_reason
+from worker.webhooks import WebhookSender, schedule_callbacks, schedule_failed_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ class ScanWorkerBase(BaseWorker):
             kwargs["connection"] = listed[0].connection
         kwargs["serializer"] = JSONSerializer
         kwargs["job_class"] = GuardedJob  # never imports a function, callback or webhook named in Redis
+        kwargs["queue_class"] = GuardedQueue
         super().__init__([q.name if isinstance(q, Queue) else q for q in listed], *args, **kwargs)
         self.settings = worker_settings()
         if mode not in (None, "auto", self.mode):
@@ -304,7 +305,7 @@ class ScanWorkerBase(BaseWorker):
         self.last_cleaned_at = now()
 
     def _announce_failed(self, job_id: str) -> None:
-        announce_failed(self.connection, self.settings, job_id)
+        schedule_failed_callbacks(self.connection, self.settings, job_id)
 
     def prepare_execution(self, job: Job) -> Execution:
         """rq's own bookkeeping (StartedJobRegistry entry, worker busy) and the claim's release in ONE

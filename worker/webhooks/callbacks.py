@@ -87,6 +87,17 @@ def register_callback(connection: Redis, settings: Settings, job_id: str, url: s
     return bool(schedule_callbacks(connection, settings, job_id, job.created_at, event, only=[url]))
 
 
+def schedule_failed_callbacks(connection: Redis, settings: Settings, job_id: str) -> None:
+    """A scan job the started-registry cleanup just failed for good (its worker died with no retry
+    left) gets its `scan.failed` deliveries; best effort: the failure itself is recorded."""
+    try:
+        job = GuardedJob.fetch(job_id, connection=connection, serializer=JSONSerializer)
+        if job.get_status(refresh=False) == JobStatus.FAILED:
+            schedule_callbacks(connection, settings, job_id, job.created_at, "failed")
+    except Exception as exc:  # noqa: BLE001
+        log.warning("webhooks of failed job %s not scheduled: %s", job_id, exc)
+
+
 def delivery_id(job_id: str, created_at: datetime | None, url: str) -> str:
     """One delivery per job run and URL: the same ids if scheduling is repeated, new ones for a job
     made again (enqueue --force creates it anew)."""
