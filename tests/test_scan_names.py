@@ -18,6 +18,7 @@ from worker_testing import local_http_server
 
 from cli.main import app
 from pipeline import synthetic
+from pipeline.decode import open_video
 from pipeline.decode.probe import probe_video
 from pipeline.decode.types import VideoDecodeError
 from pipeline.verdict import Verdict
@@ -64,9 +65,12 @@ def test_protocol_like_names_are_read_as_the_files_they_name(folder: Path) -> No
         for name in names:
             (folder / name).write_bytes(b"this is not a video, whatever its name says\n" * 50)
         code, verdicts, output = _scan(*names, "real.mp4", "--json")
-        for name in names:
+        for name in names:  # the two doors every command decodes through (prepare, evaluate, calibrate too)
             with pytest.raises(VideoDecodeError):
                 probe_video(name)
+            with pytest.raises(VideoDecodeError, match="not a readable video"):
+                with open_video(name, backend="pyav") as stream:
+                    list(stream)
     assert [v.label for v in verdicts[:4]] == ["error"] * 4, output
     assert all("not a readable video" in (v.error or "") for v in verdicts[:4]), output
     assert verdicts[4].label in ("real", "fake", "no_face") and code == 2
