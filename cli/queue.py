@@ -17,9 +17,8 @@ from rich.table import Table
 from rq.job import Job, JobStatus
 
 from cli.app import app
-from cli.common import EXIT_ERROR, AggregationFlag, EveryNFlag, FpsFlag, MaxFramesFlag, load_settings
+from cli.common import EXIT_ERROR, AggregationFlag, EveryNFlag, FpsFlag, MaxFramesFlag, load_settings, redis_failure
 from pipeline.verdict import Verdict
-from ralf.core.redaction import mask_url, mask_urls_in
 from ralf.core.settings import Priority, Settings, WorkerMode
 from worker.jobs import ScanOverrides, describe_validation_error
 from worker.queue import (
@@ -48,14 +47,6 @@ _DONE = {JobStatus.FINISHED.value, JobStatus.FAILED.value, JobStatus.STOPPED.val
 
 def _print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
-
-
-def _redis_failure(exc: RedisError, settings: Settings) -> typer.Exit:
-    """Exit 3 with the reason; the Redis URL shown without its password (mask_url)."""
-    shown = mask_url(settings.redis_url)
-    reason = mask_urls_in(str(exc), [settings.redis_url])
-    err.print(f"[red]cannot talk to Redis at {escape(shown)}:[/red] {escape(reason)}", highlight=False, soft_wrap=True)
-    return typer.Exit(3)
 
 
 @app.command()
@@ -143,7 +134,7 @@ def enqueue(
         except RedisError as exc:  # Redis went away while waiting: the jobs are enqueued, say so
             for job in accepted:
                 err.print(f"enqueued {job.job_id}\t{escape(job.source)}; its outcome is unknown")
-            raise _redis_failure(exc, settings) from None
+            raise redis_failure(exc, settings) from None
     elif as_json:
         _print_json({"jobs": [job.model_dump() for job in accepted], "refused": refused})
     else:
@@ -153,7 +144,7 @@ def enqueue(
                 note += ", re-queued: no worker held it"
             typer.echo(f"{job.job_id}\t{job.source}{note}")
     if redis_error is not None:
-        raise _redis_failure(redis_error, settings)
+        raise redis_failure(redis_error, settings)
     if refused:
         raise typer.Exit(EXIT_ERROR)
     if failed:
@@ -253,7 +244,7 @@ def _load_job(job_id: str, settings: Settings) -> Job:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(4) from None
     except RedisError as exc:
-        raise _redis_failure(exc, settings) from None
+        raise redis_failure(exc, settings) from None
 
 
 @app.command()
@@ -269,7 +260,7 @@ def status(
         state = job_state(job)
         deliveries = [vars(d) for d in job_deliveries(job.connection, settings, job.id, job.created_at)]
     except RedisError as exc:
-        raise _redis_failure(exc, settings) from None
+        raise redis_failure(exc, settings) from None
     if as_json:
         _print_json({**state.model_dump(mode="json"), "webhooks": deliveries})
         return
@@ -295,7 +286,7 @@ def result(
         state = job_state(job)
         verdict = job_verdict(job) if state.status == JobStatus.FINISHED.value else None
     except RedisError as exc:
-        raise _redis_failure(exc, settings) from None
+        raise redis_failure(exc, settings) from None
     if state.status != JobStatus.FINISHED.value:
         message = f"job {job_id} is {state.status}" + (f": {state.error}" if state.error else "")
         if as_json:
@@ -322,7 +313,7 @@ def jobs(
     try:
         states = list_jobs(connect(settings), settings, failed=failed)
     except RedisError as exc:
-        raise _redis_failure(exc, settings) from None
+        raise redis_failure(exc, settings) from None
     if as_json:
         _print_json([s.model_dump(mode="json") for s in states])
         return
@@ -382,7 +373,7 @@ def worker_command(
         # No rq scheduler process: the worker's liveness thread moves due retries (worker/liveness.py).
         scan_worker.work(burst=burst, max_jobs=max_jobs, logging_level="DEBUG" if verbose else "INFO")
     except RedisError as exc:
-        raise _redis_failure(exc, settings) from None
+        raise redis_failure(exc, settings) from None
     except ValueError as exc:  # setup problems: weights or detector files missing, CUDA absent
         err.print(f"[red]cannot start the worker:[/red] {exc}")
         raise typer.Exit(EXIT_ERROR) from None

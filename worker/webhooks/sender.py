@@ -20,7 +20,6 @@ from redis.exceptions import RedisError
 from rq.serializers import JSONSerializer
 
 from ralf.core.addresses import AddressRefused, Resolver, system_resolver
-from ralf.core.redaction import mask_url, mask_urls_in
 from ralf.core.settings import Settings
 from worker.download import _Guard, _GuardedHTTPHandler, _GuardedHTTPSHandler
 from worker.sources import SourceRefused, check_url
@@ -87,7 +86,7 @@ def post_json(url: str, body: bytes, headers: dict[str, str], settings: Settings
                 return PostResult(False, None, str(reason), permanent=True)
             if guard.over():
                 return PostResult(False, None, f"no answer within {settings.webhook_timeout_s:g} s")
-            return PostResult(False, None, f"cannot reach {mask_url(url)}: {reason}")
+            return PostResult(False, None, f"cannot reach {shown_url(url)}: {reason}")
         except Exception as exc:  # noqa: BLE001 - http.client oddities: a failed attempt, retried
             return PostResult(False, None, f"{type(exc).__name__}: {exc}")
 
@@ -199,8 +198,9 @@ class WebhookSender:
                 JOB_HEADER: record["job_id"],
             }
             result = post_json(record["url"], body, headers, self.settings, self.resolver)
-        # Stored for `status` (anyone holding the job id): the receiver's path and query may hold tokens.
-        error = mask_urls_in(result.error, [record["url"]]) if result.error else ""
+        # Stored for `status` (anyone holding the job id): the receiver's path and query may hold tokens,
+        # so the URL appears as `status` shows it, scheme and host only.
+        error = (result.error or "").replace(record["url"], shown_url(record["url"]))
         intervals = self.settings.webhook_retry_intervals_s
         update: dict[str, Any] = {"attempts": attempts, "last_attempt_at": datetime.now(timezone.utc).isoformat()}
         if result.status is not None:
