@@ -61,7 +61,7 @@ def test_protocol_like_names_are_read_as_the_files_they_name(folder: Path) -> No
     must not make FFmpeg send a request (scan, and the probe enqueue and prepare use)."""
     with local_http_server(Recorder) as url:
         port = url.rsplit(":", 1)[1]
-        names = ["concat:real.mp4", f"http:127.0.0.1:{port}", "file:real.mp4", f"subfile,,start,0,end,0,,:real.mp4"]
+        names = ["concat:real.mp4", f"http:127.0.0.1:{port}", "file:real.mp4", "subfile,,start,0,end,0,,:real.mp4"]
         for name in names:
             (folder / name).write_bytes(b"this is not a video, whatever its name says\n" * 50)
         code, verdicts, output = _scan(*names, "real.mp4", "--json")
