@@ -104,3 +104,16 @@ def test_evidence_of_dot_named_videos_stays_inside_its_folder(folder: Path) -> N
     assert len(set(folders)) == 2 and first not in folders
     assert sorted(p.name for p in first.iterdir()) == kept  # the first video's evidence is still there
     assert not list(folder.glob("*.png")) and sorted(p.name for p in root.iterdir()) == ["real", "video", "video-2"]
+
+
+def test_prepare_reads_a_protocol_like_name_as_its_file(folder: Path) -> None:
+    """`prepare .` lists `concat:real.mp4` relative to the working directory: the garbage it holds is an
+    error, not a second copy of real.mp4's crops (evaluate and calibrate scan through the Scanner, above)."""
+    from pipeline.faces import build_detector
+    from trainer.prepare import PrepareOptions, prepare
+
+    (folder / "concat:real.mp4").write_bytes(b"this is not a video, whatever its name says\n" * 50)
+    options = PrepareOptions(frames=2, size=64, detector="mtcnn")
+    summary = prepare(Path("."), folder.parent / f"{folder.name}-prepared", "reals", options,
+                      detector=build_detector("mtcnn", "cpu"), progress=False)
+    assert summary.videos == 2 and summary.status == {"ok": 1, "error": 1}
