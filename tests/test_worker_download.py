@@ -250,6 +250,19 @@ def test_allowed_name_connects_to_the_address_it_was_checked_with(server: str, t
     assert fetch(f"http://media.example:{port}/ok.mp4", tmp_path, policy=by_name, resolver=resolver).read_bytes() == BODY
 
 
+def test_a_failed_connection_to_a_name_does_not_tell_its_address(tmp_path: Path) -> None:
+    """An allow-listed internal name that does not answer: the message names the host, not the address
+    it resolved to."""
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    policy = AddressPolicy.from_entries(["media.corp.internal"])
+    resolver = fake_dns({"media.corp.internal": ["127.0.0.1"]})
+    with pytest.raises(DownloadFailed, match="media.corp.internal: Connection refused") as failed:
+        fetch(f"http://media.corp.internal:{port}/a.mp4", tmp_path, policy=policy, resolver=resolver)
+    assert "127.0.0.1" not in str(failed.value)
+
+
 def test_credentials_are_refused_and_not_repeated(tmp_path: Path) -> None:
     with pytest.raises(DownloadRefused, match="credentials") as info:
         fetch("http://user:secret@127.0.0.1/x.mp4", tmp_path)

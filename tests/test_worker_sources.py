@@ -243,3 +243,20 @@ def test_enqueue_checks_the_size_before_hashing(tmp_path: Path, monkeypatch: pyt
         queue.build_scan_job(str(huge), settings, version="v")
     with pytest.raises(SourceRefused, match="the limit is 1000"):
         queue.build_scan_job(str(huge), settings.model_copy(update={"max_file_bytes": 1000}), version="v")
+
+
+def test_enqueue_refuses_a_file_it_cannot_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unreadable file is refused with the reason (the tests run as root, who reads any file: the
+    hashing is made to fail as it does for another user)."""
+    from ralf.core.settings import Settings
+    from worker import queue
+
+    clip = tmp_path / "private.mp4"
+    clip.write_bytes(b"x" * 100)
+
+    def unreadable(path: object) -> str:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(queue, "file_sha256", unreadable)
+    with pytest.raises(SourceRefused, match=r"cannot read the file .*private.mp4: Permission denied"):
+        queue.build_scan_job(str(clip), Settings(media_roots=[tmp_path]), version="v")

@@ -30,7 +30,7 @@ from ralf.core.metadata import WeightsError, read_metadata
 from ralf.core.options import random_model_version
 from ralf.core.settings import PRIORITIES, Priority, Settings
 from worker.handover import claimed_by, requeue_if_orphan
-from worker.jobs import JOB_FUNCTION, ScanJob, ScanOverrides, job_id_for, shared_reference
+from worker.jobs import JOB_FUNCTION, ScanJob, ScanOverrides, job_id_for, shared_reference, unreadable_file_message
 from worker.sources import SourceRefused, check_source
 from worker.stored import (
     GuardedJob,
@@ -86,8 +86,6 @@ def model_version(settings: Settings) -> str:
     except WeightsError as exc:
         raise EnqueueRefused(f"cannot read the model version from {weights}: {exc}") from None
     except OSError as exc:
-        from worker.jobs import unreadable_file_message
-
         raise EnqueueRefused(unreadable_file_message("the weights file", weights, exc)) from None
 
 
@@ -144,7 +142,7 @@ def build_scan_job(
         size, limit = Path(source.location).stat().st_size, settings.max_file_bytes
         if size > limit:  # before hashing: reading a huge file only to refuse it would take minutes
             raise SourceRefused(f"file too large: {source.location} has {size} bytes, the limit is {limit}")
-    content_hash = file_sha256(source.location) if source.kind == "file" else None
+    content_hash = _content_hash(source.location) if source.kind == "file" else None
     duration = probe_duration(source.location) if source.kind == "file" else None
     payload = ScanJob(
         source=source.location,
@@ -155,6 +153,15 @@ def build_scan_job(
         priority=priority,
     )
     return payload, duration
+
+
+def _content_hash(path: str) -> str:
+    """The file's sha256; a file this client cannot read is refused with why (its own path: the
+    submitter gave it)."""
+    try:
+        return file_sha256(path)
+    except OSError as exc:
+        raise SourceRefused(unreadable_file_message("the file", path, exc)) from None
 
 
 def enqueue_scan(
