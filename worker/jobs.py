@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import stat
 import time
 from collections.abc import Iterator
@@ -399,9 +400,17 @@ def _shareable(exc: Exception, job: ScanJob) -> Exception:
     `scan.failed` webhooks to everyone who enqueued the same content, so the first submitter's path
     (or file name) is replaced by the content reference. The original goes to this worker's log only."""
     text = str(exc)
-    if job.kind != "file" or (job.source not in text and Path(job.source).name not in text):
+    if job.kind != "file":
+        return exc
+    shown = text.replace(job.source, shared_reference(job))
+    name = Path(job.source).name
+    if len(name) >= _NAMES_FROM:  # the name as a whole token only: 'a' must not eat every article
+        shown = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", "the file", shown)
+    if shown == text:
         return exc
     log.warning("job failed: %s", text)
-    shown = text.replace(job.source, shared_reference(job)).replace(Path(job.source).name, "the file")
     return TransientScanError(f"{type(exc).__name__}: {shown}")
+
+
+_NAMES_FROM = 4  # shorter file names identify nothing and would match ordinary words
 
