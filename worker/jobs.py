@@ -292,8 +292,17 @@ def local_copy(job: ScanJob, settings: Settings, progress: JobProgress) -> Itera
         path.unlink(missing_ok=True)
 
 
-def _name_url(message: str, read: Path, reference: str) -> str:
-    return message.replace(str(read), reference).replace(read.name, reference)
+def without_path(text: str, path: Path | str, path_as: str, name_as: str) -> str:
+    """`text` with `path` written as `path_as` and its file name, as a whole token and from 4
+    characters on (a file named 'video' must not rewrite 'not a readable video file'), as `name_as`."""
+    shown = text.replace(str(path), path_as)
+    name = Path(path).name
+    if len(name) >= _NAMES_FROM:
+        shown = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", name_as, shown)
+    return shown
+
+
+_NAMES_FROM = 4  # shorter file names identify nothing and would match ordinary words
 
 
 def shared_reference(job: ScanJob) -> str:
@@ -353,11 +362,12 @@ def scan_job(job: ScanJob, settings: Settings, rq_job: Job | None = None) -> Ver
             if verdict.error:
                 # The scanner names the file it read: a download's temporary file (the user knows the
                 # URL), or the first submitter's path (not for the others' eyes, see shared_reference).
-                verdict = verdict.model_copy(update={"error": _name_url(verdict.error, path, shared_reference(job))})
+                reference = shared_reference(job)
+                verdict = verdict.model_copy(update={"error": without_path(verdict.error, path, reference, reference)})
     except (SourceRefused, DownloadRefused) as exc:
         message = str(exc)
         if job.kind == "file":
-            message = message.replace(job.source, shared_reference(job)).replace(Path(job.source).name, "the file")
+            message = without_path(message, job.source, shared_reference(job), "the file")
         verdict = scanner.error_verdict(shared_reference(job), message)
     except DownloadFailed as exc:
         raise TransientScanError(str(exc)) from exc
@@ -400,17 +410,9 @@ def _shareable(exc: Exception, job: ScanJob) -> Exception:
     `scan.failed` webhooks to everyone who enqueued the same content, so the first submitter's path
     (or file name) is replaced by the content reference. The original goes to this worker's log only."""
     text = str(exc)
-    if job.kind != "file":
-        return exc
-    shown = text.replace(job.source, shared_reference(job))
-    name = Path(job.source).name
-    if len(name) >= _NAMES_FROM:  # the name as a whole token only: 'a' must not eat every article
-        shown = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", "the file", shown)
+    shown = without_path(text, job.source, shared_reference(job), "the file") if job.kind == "file" else text
     if shown == text:
         return exc
     log.warning("job failed: %s", text)
     return TransientScanError(f"{type(exc).__name__}: {shown}")
-
-
-_NAMES_FROM = 4  # shorter file names identify nothing and would match ordinary words
 
