@@ -216,9 +216,11 @@ def test_worker_maintenance_and_reaper_call_nothing_a_planted_job_names(
         time.sleep(2)  # a worker whose maintenance raised would be exiting now
         assert worker.poll() is None, (tmp_path / "w.log").read_text()
     finally:
+        stopping = time.monotonic()
         code = stop(worker)
     log = (tmp_path / "w.log").read_text(errors="replace")
     assert code == 0 and "Traceback" not in log, log
+    assert time.monotonic() - stopping < 10, log  # warm shutdown of an idle worker: no minute-long wait
     assert sorted(p.name for p in plant.iterdir()) == [f"{PLANTED}.py"], log
     for job_id in (expired, dead):
         job = fetch_job(connection, job_id)

@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 0.25  # how often an idle worker looks at the queues (one Lua call over all three)
 _HEARTBEAT_EVERY_S = 5.0
+_PUBSUB_WAKE_S = 1.0  # how often the command-channel thread looks at its stop flag
 
 
 class ClaimLost(RuntimeError):
@@ -159,6 +160,18 @@ class ScanWorkerBase(BaseWorker):
         self._liveness = LivenessBeat(self.connection, self.settings, self.name, queues=self.queues).start()
         on_outcome = self.metrics.record_webhook if self.metrics is not None else None
         self._webhooks = WebhookSender(self.connection, self.settings, on_outcome=on_outcome).start()
+
+    def subscribe(self) -> None:
+        """rq's subscription to the worker's command channel, with its listening thread waking every
+        second instead of every 60 s: redis-py 8's `PubSubWorkerThread.stop()` waits for that wake-up,
+        so a worker told to stop (SIGTERM) hung in rq's `unsubscribe` for up to a minute, and container
+        runtimes kill it before."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=_PUBSUB_WAKE_S, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
 
     def teardown(self) -> None:
         if not self.is_horse:
