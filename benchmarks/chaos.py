@@ -53,8 +53,7 @@ from ralf.config import RALFConfig  # noqa: E402
 from ralf.core.settings import PRIORITIES, Settings  # noqa: E402
 from ralf.model import RALF  # noqa: E402
 from ralf.weights import save_weights  # noqa: E402
-from worker.handover import claims_key  # noqa: E402
-from worker.liveness import members_key  # noqa: E402
+from worker.keys import claims_key  # noqa: E402
 from worker.queue import all_queues, connect, enqueue_scan  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,6 +14,11 @@ another, as a worker would; the parent feeds it paths and waits for each answer.
 - hangs: no answer within --hang-s seconds (the child is killed and restarted),
 - crashes: the child died (a signal or exit) while scanning (it is restarted),
 and the child's peak memory. A mutant that hangs or crashes is written to the output folder.
+
+Then file names as an attacker picks them, given to the scanner relative to its working directory (where
+FFmpeg would read a protocol prefix): names that are not UTF-8, names with protocol prefixes (`concat:`,
+`http:`, `file:`, `subfile,`) holding garbage next to the real file they name, and names of dots only.
+Each must be answered as the file it names (a copy of a seed: a verdict; garbage: an error verdict).
 """
 
 from __future__ import annotations
@@ -83,7 +88,7 @@ def child(decoder: str) -> None:
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     for line in sys.stdin:
-        path = line.strip()
+        path = os.fsdecode(bytes.fromhex(line.strip()))  # hex: any file name, UTF-8 or not
         started = time.perf_counter()
         try:
             verdict = scanner.scan(path)
@@ -91,12 +96,12 @@ def child(decoder: str) -> None:
         except Exception as exc:  # noqa: BLE001 - exactly what this benchmark counts
             answer = {"label": "escaped", "error": f"{type(exc).__name__}: {exc}"[:300], "warnings": []}
         answer["seconds"] = time.perf_counter() - started
-        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.write(json.dumps(answer, ensure_ascii=True) + "\n")
         sys.stdout.flush()
 
 
 class Child:
-    def __init__(self, decoder: str) -> None:
+    def __init__(self, decoder: str, cwd: Path) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--child", "--decoder", decoder],
@@ -104,7 +109,7 @@ class Child:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             env=env,
-            cwd=Path(__file__).resolve().parents[1],
+            cwd=cwd,  # the names phase gives names relative to it
         )
         self.peak_rss = 0
         line = self._read_line(300)
@@ -142,7 +147,7 @@ class Child:
     def scan(self, path: Path, timeout_s: float) -> dict | str:
         assert self.process.stdin is not None
         try:
-            self.process.stdin.write(f"{path}\n".encode())
+            self.process.stdin.write(os.fsencode(path).hex().encode() + b"\n")
             self.process.stdin.flush()
         except BrokenPipeError:
             return "crash"
@@ -156,6 +161,44 @@ class Child:
     def kill(self) -> int | None:
         self.process.kill()
         return self.process.wait()
+
+
+# (name relative to the scanner's working directory, whether it holds a real clip or garbage)
+HOSTILE_NAMES = (
+    (os.fsdecode(b"caf\xe9-\xff\xfe.mp4"), "clip"),  # Latin-1 bytes: not UTF-8
+    (os.fsdecode(b"\x80\x81.mp4"), "garbage"),
+    ("concat:seed_h264.mp4", "garbage"),  # FFmpeg's concat protocol would read the seed instead
+    ("concat:seed_h264.mp4|seed_vp9.webm", "garbage"),
+    ("http:127.0.0.1:9", "garbage"),  # FFmpeg's http protocol would connect (the discard port, locally)
+    ("file:seed_h264.mp4", "garbage"),
+    ("subfile,,start,0,end,0,,:seed_h264.mp4", "garbage"),
+    ("..mp4", "clip"),
+    ("...mp4", "clip"),
+    ("...", "garbage"),
+    ("....", "clip"),
+)
+
+
+def scan_names(scanner: "Child", work: Path, seed: Path, hang_s: float) -> list[tuple[str, str, bool]]:
+    """Each hostile name: (name, label or failure, answered as the file it names)."""
+    answers = []
+    for name, content in HOSTILE_NAMES:
+        path = work / name
+        if content == "clip":
+            shutil.copy(seed, path)
+        else:
+            path.write_bytes(b"not a video, whatever its name says\n" * 64)
+        answer = scanner.scan(Path(name), hang_s)
+        if isinstance(answer, str):
+            answers.append((name, answer, False))
+            continue
+        label = answer["label"]
+        # garbage must be read and found not to be a video: any other error (a refused connection, a
+        # missing file) means something else than the named file was opened
+        read = label == "error" and answer["error"].startswith("not a readable video file")
+        ok = read if content == "garbage" else label in ("real", "fake", "no_face")
+        answers.append((name, label if label != "error" else f"error: {answer['error'][:60]}", ok))
+    return answers
 
 
 def main() -> None:
@@ -182,7 +225,7 @@ def main() -> None:
     ]
     rng = random.Random(args.seed)
     started = time.monotonic()
-    scanner = Child(args.decoder)
+    scanner = Child(args.decoder, work)
     print(f"scanner process ready after {time.monotonic() - started:.0f} s; {args.mutants} mutants of "
           f"{', '.join(p.name for p in seeds)} (decoder {args.decoder})", flush=True)
 
@@ -206,7 +249,7 @@ def main() -> None:
             (hangs if answer == "hang" else crashes).append(f"{keep.name} (exit {code})")
             labels[answer] += 1
             by_mutation[kind][answer] += 1
-            scanner = Child(args.decoder)
+            scanner = Child(args.decoder, work)
             continue
         labels[answer["label"]] += 1
         by_mutation[kind][answer["label"]] += 1
@@ -220,6 +263,7 @@ def main() -> None:
             warned += 1
         if (i + 1) % 50 == 0:
             print(f"  {i + 1} done: {dict(labels)}", flush=True)
+    names = scan_names(scanner, work, seeds[0], args.hang_s)
     peak = scanner.peak_rss
     scanner.kill()
 
@@ -237,6 +281,9 @@ def main() -> None:
     print("by mutation:")
     for kind, counts in by_mutation.items():
         print(f"  {kind:<12} " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+    print(f"file names: {sum(ok for _, _, ok in names)} of {len(names)} answered as the file they name")
+    for name, label, ok in names:
+        print(f"  {'ok ' if ok else 'BAD'} {ascii(name):<44} {label}")
     print(f"findings (mutants that hung, crashed or escaped): {out}")
 
 

@@ -22,11 +22,13 @@ from ralf.core.options import (
     PrecisionRequest,
     ScanOptions,
 )
+from ralf.core.redaction import mask_url, mask_urls_in
 from ralf.core.settings import Settings
 from worker.jobs import describe_validation_error
 
 # Exit code of every command that could not do its job (bad input, setup problems); the message says why.
 EXIT_ERROR = 2
+EXIT_REDIS = 3  # Redis could not be reached (or went away)
 
 err = Console(stderr=True)
 
@@ -36,6 +38,14 @@ def fail(message: str) -> NoReturn:
     # soft_wrap: paths in messages stay whole (copyable), whatever the terminal width.
     err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_ERROR)
+
+
+def redis_failure(exc: Exception, settings: Settings) -> typer.Exit:
+    """Print why Redis failed, its URL without the password (mask_url), and give exit 3 to raise."""
+    shown = mask_url(settings.redis_url)
+    reason = mask_urls_in(str(exc), [settings.redis_url])
+    err.print(f"[red]cannot talk to Redis at {escape(shown)}:[/red] {escape(reason)}", highlight=False, soft_wrap=True)
+    return typer.Exit(EXIT_REDIS)
 
 
 def load_settings() -> Settings:

@@ -14,6 +14,7 @@ from rich.table import Table
 from cli.app import app
 from cli.common import load_settings
 from ralf.core.options import ScanOptions
+from ralf.core.redaction import mask_url
 from ralf.core.settings import Settings
 
 out = Console()
@@ -23,7 +24,7 @@ out = Console()
 def config(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Show the effective settings (RALF_* environment variables) and the scan options they give."""
     settings = load_settings()
-    values = settings.model_dump(mode="json")
+    values = shown_settings(settings)
     options = settings.scan_options().model_dump(mode="json")
     engine = _engine_preview(settings)
     detector = _detector_preview(settings)
@@ -50,6 +51,20 @@ def config(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     out.print(f"Face detector workers would use: {escape(detector['detector'] or '-')} ({escape(detector['why'])})")
     if "precision" in detector:
         out.print(f"Its network's precision: {escape(detector['precision'] or '-')} ({escape(detector['precision_why'])})")
+
+
+# Settings holding URLs that may carry a password (Redis) or a token (callback query): shown masked, as
+# the webhook secret (a SecretStr) is.
+_URL_SETTINGS = ("redis_url", "callback_url")
+
+
+def shown_settings(settings: Settings) -> dict[str, object]:
+    """The settings as JSON values, with every secret masked (mask_url; SecretStr shows as stars)."""
+    values = settings.model_dump(mode="json")
+    for name in _URL_SETTINGS:
+        if values.get(name):
+            values[name] = mask_url(values[name])
+    return values
 
 
 def _engine_preview(settings: Settings) -> dict[str, object]:

@@ -15,10 +15,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rq.job import Job, JobStatus
-from rq.serializers import JSONSerializer
 
 from cli.app import app
-from cli.common import EXIT_ERROR, AggregationFlag, EveryNFlag, FpsFlag, MaxFramesFlag, load_settings
+from cli.common import EXIT_ERROR, AggregationFlag, EveryNFlag, FpsFlag, MaxFramesFlag, load_settings, redis_failure
 from pipeline.verdict import Verdict
 from ralf.core.settings import Priority, Settings, WorkerMode
 from worker.jobs import ScanOverrides, describe_validation_error
@@ -37,6 +36,7 @@ from worker.queue import (
     model_version,
 )
 from worker.sources import SourceRefused
+from worker.stored import GuardedJob, fetch_many
 from worker.webhooks import CallbackRefused, check_callback_url, job_deliveries
 
 out = Console()
@@ -47,11 +47,6 @@ _DONE = {JobStatus.FINISHED.value, JobStatus.FAILED.value, JobStatus.STOPPED.val
 
 def _print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
-
-
-def _redis_failure(exc: RedisError, settings: Settings) -> typer.Exit:
-    err.print(f"[red]cannot talk to Redis at {settings.redis_url}:[/red] {exc}")
-    return typer.Exit(3)
 
 
 @app.command()
@@ -132,9 +127,14 @@ def enqueue(
 
     failed = False
     if wait and accepted and redis_error is None:
-        states = _wait_for(connection, [job.job_id for job in accepted], timeout_s=wait_timeout, quiet=as_json)
-        failed = any(state.status != JobStatus.FINISHED.value for state in states)
-        _report_waited(connection, states, refused, as_json, {job.job_id: job.source for job in accepted})
+        try:
+            states = _wait_for(connection, [job.job_id for job in accepted], timeout_s=wait_timeout, quiet=as_json)
+            failed = any(state.status != JobStatus.FINISHED.value for state in states)
+            _report_waited(connection, states, refused, as_json, {job.job_id: job.source for job in accepted})
+        except RedisError as exc:  # Redis went away while waiting: the jobs are enqueued, say so
+            for job in accepted:
+                err.print(f"enqueued {job.job_id}\t{escape(job.source)}; its outcome is unknown")
+            raise redis_failure(exc, settings) from None
     elif as_json:
         _print_json({"jobs": [job.model_dump() for job in accepted], "refused": refused})
     else:
@@ -144,7 +144,7 @@ def enqueue(
                 note += ", re-queued: no worker held it"
             typer.echo(f"{job.job_id}\t{job.source}{note}")
     if redis_error is not None:
-        raise _redis_failure(redis_error, settings)
+        raise redis_failure(redis_error, settings)
     if refused:
         raise typer.Exit(EXIT_ERROR)
     if failed:
@@ -167,8 +167,8 @@ def _wait_for(connection: Any, job_ids: list[str], *, timeout_s: float, quiet: b
     with progress:
         tasks = {job_id: progress.add_task(job_id[:24], total=1.0, stage="queued") for job_id in job_ids}
         while True:
-            for job in Job.fetch_many(job_ids, connection=connection, serializer=JSONSerializer):
-                if job is None:
+            for job in fetch_many(connection, job_ids):
+                if not isinstance(job, GuardedJob):
                     continue
                 state = job_state(job)
                 states[job.id] = state
@@ -244,7 +244,7 @@ def _load_job(job_id: str, settings: Settings) -> Job:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(4) from None
     except RedisError as exc:
-        raise _redis_failure(exc, settings) from None
+        raise redis_failure(exc, settings) from None
 
 
 @app.command()
@@ -256,8 +256,11 @@ def status(
     webhook deliveries (receiver host, state, attempts, last error)."""
     settings = load_settings()
     job = _load_job(job_id, settings)
-    state = job_state(job)
-    deliveries = [vars(d) for d in job_deliveries(job.connection, settings, job.id, job.created_at)]
+    try:
+        state = job_state(job)
+        deliveries = [vars(d) for d in job_deliveries(job.connection, settings, job.id, job.created_at)]
+    except RedisError as exc:
+        raise redis_failure(exc, settings) from None
     if as_json:
         _print_json({**state.model_dump(mode="json"), "webhooks": deliveries})
         return
@@ -279,7 +282,11 @@ def result(
     """The verdict of a finished job (exit 5 while it is not finished, 1 if it failed)."""
     settings = load_settings()
     job = _load_job(job_id, settings)
-    state = job_state(job)
+    try:
+        state = job_state(job)
+        verdict = job_verdict(job) if state.status == JobStatus.FINISHED.value else None
+    except RedisError as exc:
+        raise redis_failure(exc, settings) from None
     if state.status != JobStatus.FINISHED.value:
         message = f"job {job_id} is {state.status}" + (f": {state.error}" if state.error else "")
         if as_json:
@@ -287,7 +294,6 @@ def result(
         else:
             err.print(message)
         raise typer.Exit(1 if state.status == JobStatus.FAILED.value else 5)
-    verdict = job_verdict(job)
     if verdict is None:
         err.print(f"[red]job {job_id} finished but its result has expired[/red]")
         raise typer.Exit(4)
@@ -307,7 +313,7 @@ def jobs(
     try:
         states = list_jobs(connect(settings), settings, failed=failed)
     except RedisError as exc:
-        raise _redis_failure(exc, settings) from None
+        raise redis_failure(exc, settings) from None
     if as_json:
         _print_json([s.model_dump(mode="json") for s in states])
         return
@@ -325,7 +331,14 @@ def jobs(
 
 @app.command("worker")
 def worker_command(
-    burst: Annotated[bool, typer.Option("--burst", help="Quit when the queues are empty")] = False,
+    burst: Annotated[
+        bool,
+        typer.Option(
+            "--burst",
+            help="Quit when the queues are empty and no retry falls due within RALF_BURST_RETRY_WAIT_S "
+            "(later ones are named in the log)",
+        ),
+    ] = False,
     mode: Annotated[
         WorkerMode | None, typer.Option(help="fork | in-process | auto (default: RALF_WORKER_MODE)")
     ] = None,
@@ -360,7 +373,7 @@ def worker_command(
         # No rq scheduler process: the worker's liveness thread moves due retries (worker/liveness.py).
         scan_worker.work(burst=burst, max_jobs=max_jobs, logging_level="DEBUG" if verbose else "INFO")
     except RedisError as exc:
-        raise _redis_failure(exc, settings) from None
+        raise redis_failure(exc, settings) from None
     except ValueError as exc:  # setup problems: weights or detector files missing, CUDA absent
         err.print(f"[red]cannot start the worker:[/red] {exc}")
         raise typer.Exit(EXIT_ERROR) from None

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from cli.app import app
-from cli.common import EXIT_ERROR, load_settings
+from cli.common import EXIT_ERROR, load_settings, redis_failure
 from pipeline.report import ReportItem, render_report
 from pipeline.verdict import Verdict
 from worker.jobs import describe_validation_error
@@ -84,8 +84,7 @@ def _from_job(job_id: str, override: Path | None) -> list[ReportItem]:
         err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(4) from None
     except RedisError as exc:
-        err.print(f"[red]cannot talk to Redis at {escape(settings.redis_url)}:[/red] {escape(str(exc))}")
-        raise typer.Exit(3) from None
+        raise redis_failure(exc, settings) from None
     if verdict is None:
         err.print(f"[red]job {escape(job_id)} finished but its result has expired[/red]")
         raise typer.Exit(4)

@@ -173,11 +173,13 @@ URL_MESSAGE = (
 
 def evidence_dirs(root: Path, paths: Sequence[Path | str]) -> list[Path]:
     """One evidence folder per video under `root`, named after the file (`clip`, then `clip-2`, ... when
-    two videos of the scan share a name)."""
+    two videos of the scan share a name); a name of dots only (`..mp4` has the stem `.`) becomes `video`:
+    a folder must never be `root` itself or lie outside it."""
     taken: set[str] = set()
     folders = []
     for given in paths:
-        stem = Path(str(given)).stem or "video"
+        stem = Path(str(given)).stem
+        stem = stem if stem.strip(".") else "video"
         name, number = stem, 1
         while name in taken:
             number += 1

@@ -241,6 +241,8 @@ class _replaced_dir:  # noqa: N801 - used as a context manager
 
     def __init__(self, target: Path) -> None:
         self.target = Path(target)
+        if self.target.name in ("", ".", ".."):  # it would replace (or escape) the folder it lies in
+            raise ValueError(f"not an evidence folder name: {str(target)!r}")
 
     def __enter__(self) -> Path:
         self.target.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+from ralf.core.files import printable_text
 
 VerdictLabel = Literal["fake", "real", "no_face", "error"]
 
@@ -122,6 +124,14 @@ class Verdict(BaseModel):
     evidence: list[EvidenceFrame] = Field(
         default_factory=list, description="Evidence images of the most suspicious faces of each track"
     )
+
+    @field_validator("path", "error", "evidence_dir", "warnings")
+    @classmethod
+    def _printable(cls, value: str | list[str] | None) -> str | list[str] | None:
+        """File names that are not UTF-8 reach these fields; every output mode must carry them."""
+        if isinstance(value, list):
+            return [printable_text(item) for item in value]
+        return None if value is None else printable_text(value)
 
 
 def verdict_json_schema() -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ralf.pretrained import PretrainedError
+from ralf.pretrained_files import PretrainedError
 
 # Keras's BatchNormalization default, which Xception uses.
 KERAS_BATCH_NORM_EPS = 1e-3

@@ -39,7 +39,7 @@ from torch import nn
 
 from ralf.core.files import file_sha256
 from ralf.keras_files import KERAS_BATCH_NORM_EPS, KerasLayer, KerasWeightsError, KerasXception, read_keras_xception
-from ralf.pretrained import _find_xception, listed
+from ralf.pretrained_files import find_xception, listed
 from ralf.xception import MaxPool2dSame, SeparableConv2d, Xception
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -219,7 +219,7 @@ def load_keras_xception(model: nn.Module, path: str | Path, submodel: str | None
     """Load Keras ImageNet Xception weights into the Xception inside `model` (a RALF, Classifier or
     Xception) built with KERAS_CLASSIFIER_SETTINGS; the head is left alone. Any width / middle-block
     count works if the file's shapes match. Returns "imagenet-keras:<sha256 of the file>"."""
-    backbone = _find_xception(model)
+    backbone = find_xception(model)
     path = Path(path)
     keras = read_keras_xception(path, submodel)
     check_keras_compatible(backbone, keras)

@@ -13,7 +13,8 @@ from torch import nn
 
 from ralf.core.files import file_sha256
 from ralf.mobilenet import MobileNetV2
-from ralf.pretrained import PretrainedError, check_state_dict, load_xception_imagenet, read_state_dict
+from ralf.pretrained import load_xception_imagenet
+from ralf.pretrained_files import PretrainedError, check_state_dict, read_state_dict
 from ralf.resnet import ResNet
 from ralf.xception import Xception
 

@@ -209,3 +209,88 @@ def test_imports_follow_the_architecture() -> None:
                 if name.split(".")[0] not in allowed or (in_core and not name.startswith(CORE_MAY_IMPORT)):
                     wrong.append(f"{path.relative_to(REPO)} imports {name}")
     assert not wrong, wrong
+
+
+# -- no import circle inside a package (module-level and lazy imports alike) ----------------------------
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported_modules(path: Path, root: Path, modules: set[str]) -> set[str]:
+    """The first-party modules `path` imports anywhere in its body (inside functions too): for
+    `from a.b import c`, the module a.b.c when there is one, else a.b; relative imports resolved."""
+    import ast
+
+    here = _module_name(path, root)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name in modules}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:
+                if f"{base}.{alias.name}" in modules:
+                    found.add(f"{base}.{alias.name}")
+                elif base in modules:
+                    found.add(base)
+    return found - {here}
+
+
+def import_circles(package: str, root: Path = REPO) -> list[list[str]]:
+    """Every strongly connected group of more than one module in `package`'s import graph."""
+    paths = sorted((root / package).rglob("*.py"))
+    modules = {_module_name(path, root) for path in paths}
+    graph = {_module_name(path, root): _imported_modules(path, root, modules) for path in paths}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in sorted(graph[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return circles
+
+
+def test_import_circles_are_found(tmp_path: Path) -> None:
+    # the checker itself: a circle closed by a lazy import inside a function counts, as does a relative one
+    package = tmp_path / "probe"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from probe.b import B\nA = 1\n")
+    (package / "b.py").write_text("B = 2\n\n\ndef later():\n    from probe import a\n    return a\n")
+    (package / "c.py").write_text("from probe import a\n")
+    (package / "sub" / "__init__.py").write_text("from .d import D\n")
+    (package / "sub" / "d.py").write_text("from .. import c\nD = 1\n\n\ndef e():\n    from . import D\n")
+    assert import_circles("probe", tmp_path) == [["probe.a", "probe.b"], ["probe.sub", "probe.sub.d"]]
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED_IMPORTS))
+def test_no_import_circle_inside_a_package(package: str) -> None:
+    assert import_circles(package) == []

@@ -223,14 +223,18 @@ def test_name_resolving_to_loopback_is_refused(server: str, tmp_path: Path) -> N
     port = server.rsplit(":", 1)[1]
     calls: list[str] = []
     resolver = fake_dns({"rebind.example": ["127.0.0.1"]}, calls)
-    with pytest.raises(DownloadRefused, match=r"rebind.example.*resolves to 127.0.0.1 is not a public address"):
+    # the message says the address is not allowed, never what the name resolves to (an internal address)
+    with pytest.raises(DownloadRefused, match=r"rebind.example.*its address is not allowed") as refused:
         fetch(f"http://rebind.example:{port}/ok.mp4", tmp_path, policy=AddressPolicy(), resolver=resolver)
+    assert "127.0.0.1" not in str(refused.value)
     # ... and through a redirect from an allowed host, checked at connection time
-    with pytest.raises(DownloadRefused, match="resolves to 127.0.0.2"):
+    with pytest.raises(DownloadRefused, match="its address is not allowed") as refused:
         fetch(f"{server}/to-name", tmp_path, resolver=fake_dns({"rebind.example": ["127.0.0.2"]}))
+    assert "127.0.0.2" not in str(refused.value)
     # one public and one internal answer: the name is refused as a whole
-    with pytest.raises(DownloadRefused, match="resolves to 10.1.2.3"):
+    with pytest.raises(DownloadRefused, match="its address is not allowed") as refused:
         fetch("http://mixed.example/x.mp4", tmp_path, resolver=fake_dns({"mixed.example": ["93.184.216.34", "10.1.2.3"]}))
+    assert "10.1.2.3" not in str(refused.value) and "93.184.216.34" not in str(refused.value)
     assert calls == ["rebind.example"]
 
 
@@ -244,6 +248,19 @@ def test_allowed_name_connects_to_the_address_it_was_checked_with(server: str, t
     assert path.read_bytes() == BODY and calls == ["media.example"]
     by_name = AddressPolicy.from_entries(["media.example"])
     assert fetch(f"http://media.example:{port}/ok.mp4", tmp_path, policy=by_name, resolver=resolver).read_bytes() == BODY
+
+
+def test_a_failed_connection_to_a_name_does_not_tell_its_address(tmp_path: Path) -> None:
+    """An allow-listed internal name that does not answer: the message names the host, not the address
+    it resolved to."""
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    policy = AddressPolicy.from_entries(["media.corp.internal"])
+    resolver = fake_dns({"media.corp.internal": ["127.0.0.1"]})
+    with pytest.raises(DownloadFailed, match="media.corp.internal: Connection refused") as failed:
+        fetch(f"http://media.corp.internal:{port}/a.mp4", tmp_path, policy=policy, resolver=resolver)
+    assert "127.0.0.1" not in str(failed.value)
 
 
 def test_credentials_are_refused_and_not_repeated(tmp_path: Path) -> None:

@@ -25,9 +25,10 @@ from rq.webhook import Webhook
 from worker_testing import REDIS_URL, deployment_settings, own_connection, requires_redis
 
 from ralf.core.settings import Settings
-from worker.handover import claim_next, claims_key, move_due_scheduled, requeue_if_orphan, return_claims
+from worker.handover import claim_next, move_due_scheduled, requeue_if_orphan, return_claims
 from worker.jobs import JOB_FUNCTION, job_refusal
-from worker.liveness import LivenessBeat, alive_key, members_key, requeue_abandoned
+from worker.keys import alive_key, claims_key, members_key
+from worker.liveness import LivenessBeat, requeue_abandoned
 
 PREFIX = f"h{uuid.uuid4().hex[:10]}"
 
@@ -98,7 +99,7 @@ def test_a_starved_worker_on_this_host_is_not_dead(settings: Settings, connectio
 
     import psutil
 
-    from worker.liveness import process_key
+    from worker.keys import process_key
 
     high, default, low = queues(settings, connection)
     put(default, "held")
@@ -218,6 +219,7 @@ def test_scan_worker_builds_the_class_of_its_mode(settings: Settings, connection
     from rq import SimpleWorker, Worker
     from rq.utils import import_worker_class
 
+    from worker.worker_base import ScanWorkerBase
     from worker.worker_classes import WORKER_CLASSES, ForkScanWorker, InProcessScanWorker
     from worker.workers import ScanWorker
 
@@ -235,7 +237,7 @@ def test_scan_worker_builds_the_class_of_its_mode(settings: Settings, connection
         ForkScanWorker([default], connection=connection, name=f"{PREFIX}-x", mode="in-process")
     # `rq worker --worker-class ...` accepts every documented name
     for name in ("workers.ScanWorker", "worker_classes.ForkScanWorker", "worker_classes.InProcessScanWorker"):
-        assert issubclass(import_worker_class(f"worker.{name}"), ScanWorker)
+        assert issubclass(import_worker_class(f"worker.{name}"), ScanWorkerBase)
 
 
 def test_start_releases_the_claim_in_the_same_transaction(settings: Settings, connection: redis.Redis) -> None:
@@ -297,3 +299,83 @@ def test_pickled_job_data_is_refused_without_unpickling(settings: Settings, conn
     connection.hset(job.key, "data", zlib.compress(pickle.dumps(_Boom())))
     fetched = Job.fetch(job.id, connection=connection, serializer=JSONSerializer)
     assert job_refusal(fetched) is not None and not os.path.exists("/tmp/ralf-test-unpickled")
+
+
+def test_guard_refuses_dependencies_and_repeats(settings: Settings, connection: redis.Redis) -> None:
+    """A finished job would release the jobs that depend on it, and a repeated one would run again."""
+    from rq import Repeat
+
+    _, default, _ = queues(settings, connection)
+    first = put(default, "first")
+    cases = {
+        put(default, "dependent", depends_on=first).id: "scan jobs depend on no other job",
+        put(default, "repeated", repeat=Repeat(times=2)).id: "scan jobs are not repeated",
+    }
+    for job_id, expected in cases.items():
+        assert expected in (job_refusal(Job.fetch(job_id, connection=connection, serializer=JSONSerializer)) or "")
+
+
+@pytest.fixture()
+def planted(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """An importable module whose import leaves `imported` in tmp_path (its name is what a job names)."""
+    name = f"planted_{PREFIX}"
+    (tmp_path / f"{name}.py").write_text(
+        f"from pathlib import Path\nPath({str(tmp_path)!r}, 'imported').write_text('x')\n"
+        "def hit(*args, **kwargs):\n    raise RuntimeError('called')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path, f"{name}.hit"
+
+
+def test_guarded_jobs_import_nothing_they_name(settings: Settings, connection: redis.Redis, planted: Any) -> None:
+    from rq.timeouts import UnixSignalDeathPenalty
+
+    from worker.stored import GuardedJob, JobRefused
+
+    folder, hit = planted
+    _, default, _ = queues(settings, connection)
+    job = put(default, "named", on_success=Callback(hit), on_failure=Callback(hit), on_stopped=Callback(hit))
+    fetched = GuardedJob.fetch(job.id, connection=connection, serializer=JSONSerializer)
+    assert fetched.success_callback is None and fetched.failure_callback is None and fetched.stopped_callback is None
+    fetched.execute_success_callback(UnixSignalDeathPenalty, None)
+    fetched.execute_failure_callback(UnixSignalDeathPenalty, RuntimeError, RuntimeError(), None)
+    fetched.execute_stopped_callback(UnixSignalDeathPenalty)
+    other = default.enqueue(hit, job_id=f"{PREFIX}-other-func")
+    with pytest.raises(JobRefused, match="runs only worker.jobs.run_scan_job"):
+        _ = GuardedJob.fetch(other.id, connection=connection, serializer=JSONSerializer).func
+    assert not (folder / "imported").exists()
+
+
+def test_started_registry_cleanup_calls_nothing(settings: Settings, connection: redis.Redis, planted: Any) -> None:
+    """rq's cleanup calls an abandoned job's failure callback; ours retries a scan job with retries
+    left, fails the others, fails as refused what is not a plain scan job, and a hash it cannot read
+    by hand, without importing anything."""
+    from rq import Retry
+
+    from worker.stored import clean_started_registry
+
+    folder, hit = planted
+    _, default, _ = queues(settings, connection)
+    registry = StartedJobRegistry(queue=default)
+    jobs = {
+        "retried": put(default, "retried", retry=Retry(max=1)),
+        "abandoned": put(default, "abandoned"),
+        "named": put(default, "named", on_failure=Callback(hit), retry=Retry(max=3)),
+    }
+    connection.hset(f"rq:job:{PREFIX}-garbage", mapping={"status": "started", "data": "x", "created_at": "never"})
+    connection.delete(default.key)
+    for job_id in [*(job.id for job in jobs.values()), f"{PREFIX}-garbage", f"{PREFIX}-vanished"]:
+        connection.zadd(registry.key, {f"{job_id}:exec": 1})
+    connection.zadd(registry.key, {f"{PREFIX}-running:exec": time.time() + 600})  # not expired: untouched
+    failed: list[str] = []
+    handled = clean_started_registry(default, 600, on_failed=failed.append)
+    assert sorted(handled) == sorted([*(job.id for job in jobs.values()), f"{PREFIX}-garbage"])
+    assert failed == [jobs["abandoned"].id]  # only a scan job failed for good gets its webhooks
+    status = {kind: Job.fetch(job.id, connection=connection, serializer=JSONSerializer) for kind, job in jobs.items()}
+    assert status["retried"].get_status() == JobStatus.QUEUED and ids(connection, default.key) == [jobs["retried"].id]
+    assert status["abandoned"].get_status() == JobStatus.FAILED
+    assert status["named"].get_status() == JobStatus.FAILED and status["named"].retries_left == 0
+    assert "no callbacks (on_failure set)" in (status["named"].latest_result().exc_string or "")
+    assert connection.hget(f"rq:job:{PREFIX}-garbage", "status") == b"failed"
+    assert registry.get_job_ids(cleanup=False) == [f"{PREFIX}-running"]
+    assert not (folder / "imported").exists()

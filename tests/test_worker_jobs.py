@@ -228,3 +228,18 @@ def test_worker_start_names_an_unreadable_weights_file(
     message = str(info.value)
     assert message.startswith(f"cannot read the weights file (RALF_WEIGHTS) {weights}: Permission denied")
     assert f"-rw------- , owner uid {owner}".replace(" ,", ",") in message and "chmod 644" in message
+
+
+def test_a_failure_stored_for_every_submitter_names_no_path() -> None:
+    """rq stores a failed attempt's text, shown to everyone who enqueued the same content: the path and
+    file name of whoever enqueued first are replaced; short names and other text are left alone."""
+    from worker.jobs import TransientScanError, _shareable
+
+    job = ScanJob(source="/media/alice/alice-private.mp4", kind="file", content_hash="ab" * 32, model_version="v")
+    shown = _shareable(OSError("cannot map /media/alice/alice-private.mp4 (alice-private.mp4 is busy)"), job)
+    assert isinstance(shown, TransientScanError) and "alice" not in str(shown)
+    assert f"sha256:{'ab' * 32}" in str(shown) and "(the file is busy)" in str(shown)
+    plain = RuntimeError("CUDA out of memory")
+    assert _shareable(plain, job) is plain
+    short = ScanJob(source="/media/a", kind="file", content_hash="ab" * 32, model_version="v")
+    assert _shareable(RuntimeError("a retry of a job"), short).args == ("a retry of a job",)

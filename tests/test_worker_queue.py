@@ -54,10 +54,9 @@ from ralf.config import RALFConfig
 from ralf.core.settings import Settings
 from ralf.model import RALF
 from ralf.weights import save_weights
-from worker.handover import claims_key
 from worker.housekeeping import delete_prefixed_keys
 from worker.jobs import JOB_FUNCTION, ScanJob, ScanOverrides, job_id_for
-from worker.liveness import members_key
+from worker.keys import claims_key, members_key
 from worker.queue import (
     all_queues,
     build_scan_job,

@@ -169,6 +169,9 @@ def fake_dns(table: dict[str, list[str]]):  # type: ignore[no-untyped-def]
         ("http://[fe80::1]/a.mp4", "link-local"),
         ("http://metadata.google.internal/computeMetadata/v1/", "reserved for local hosts"),
         ("http://printer.local/a.mp4", "reserved for local hosts"),
+        ("http://192.0.0.8/a.mp4", "192.0.0.8 is not a public address (IETF protocol assignments"),
+        ("http://[3fff::1]/a.mp4", "3fff::1 is not a public address (documentation"),
+        ("http://[3fff:fff:ffff::1]/a.mp4", "documentation (3fff::/20)"),
     ],
 )
 def test_internal_addresses_are_refused(layout: tuple[Path, Path], url: str, message: str) -> None:
@@ -182,8 +185,9 @@ def test_names_are_checked_on_what_they_resolve_to(layout: tuple[Path, Path]) ->
     from ralf.core.addresses import AddressPolicy
 
     resolver = fake_dns({"sneaky.example": ["127.0.0.1"], "cdn.example": ["93.184.216.34", "2606:2800:220:1::1"]})
-    with pytest.raises(SourceRefused, match="resolves to 127.0.0.1"):
+    with pytest.raises(SourceRefused, match="sneaky.example.*its address is not allowed") as refused:
         check_source("https://sneaky.example/a.mp4", [layout[0]], AddressPolicy(), resolver)
+    assert "127.0.0.1" not in str(refused.value)  # what an internal name resolves to is not told
     assert check_source("https://cdn.example/a.mp4", [layout[0]], AddressPolicy(), resolver).kind == "url"
     # not resolvable where enqueue runs: accepted, the worker checks the address it connects to
     assert check_source("https://elsewhere.example/a.mp4", [layout[0]], AddressPolicy(), resolver).kind == "url"
@@ -239,3 +243,20 @@ def test_enqueue_checks_the_size_before_hashing(tmp_path: Path, monkeypatch: pyt
         queue.build_scan_job(str(huge), settings, version="v")
     with pytest.raises(SourceRefused, match="the limit is 1000"):
         queue.build_scan_job(str(huge), settings.model_copy(update={"max_file_bytes": 1000}), version="v")
+
+
+def test_enqueue_refuses_a_file_it_cannot_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unreadable file is refused with the reason (the tests run as root, who reads any file: the
+    hashing is made to fail as it does for another user)."""
+    from ralf.core.settings import Settings
+    from worker import queue
+
+    clip = tmp_path / "private.mp4"
+    clip.write_bytes(b"x" * 100)
+
+    def unreadable(path: object) -> str:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(queue, "file_sha256", unreadable)
+    with pytest.raises(SourceRefused, match=r"cannot read the file .*private.mp4: Permission denied"):
+        queue.build_scan_job(str(clip), Settings(media_roots=[tmp_path]), version="v")

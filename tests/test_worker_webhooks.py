@@ -7,6 +7,8 @@ at 127.0.0.1:6379 with a per-session prefix; teardown deletes only keys named wi
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import signal
 import socket
@@ -69,6 +71,18 @@ def test_signature_verifies_and_rejects_tampering_and_replays() -> None:
     assert verify_signature("s3cret", body, {k.lower(): v for k, v in headers.items()})  # header case
 
 
+@pytest.mark.parametrize("timestamp", ["²", "0{now}", "+{now}", " {now}", "{now} ", "{now}.0", "١٢٣", "{now}\n", ""])
+def test_signature_needs_the_canonical_timestamp(timestamp: str) -> None:
+    """Only the form `sign` writes (ASCII digits, no leading zero): anything else is False, never an error."""
+    body = b"{}"
+    now = int(time.time())
+    text = timestamp.format(now=now)
+    signature = sign("s3cret", now, body)
+    forged = "v1=" + hmac.new(b"s3cret", text.encode() + b"." + body, hashlib.sha256).hexdigest()
+    for value in (signature, forged):
+        assert verify_signature("s3cret", body, {TIMESTAMP_HEADER: text, SIGNATURE_HEADER: value}, now=now) is False
+
+
 def test_callback_urls_obey_the_download_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in settings_env_names():
         monkeypatch.delenv(name, raising=False)
@@ -88,10 +102,11 @@ def test_callback_urls_obey_the_download_rules(monkeypatch: pytest.MonkeyPatch) 
         ("http://127.0.0.1:8080/hook", "loopback"),
         ("http://169.254.169.254/latest", "link-local"),
         ("http://localhost/hook", "local"),
-        ("https://sneaky.example.org/hook", "private"),
+        ("https://sneaky.example.org/hook", "its address is not allowed"),
     ]:
-        with pytest.raises(CallbackRefused, match=why):
+        with pytest.raises(CallbackRefused, match=why) as refused:
             check_callback_url(url, settings, resolver)
+        assert "10.1.2.3" not in str(refused.value)  # what a name resolves to is not told
     allowed = Settings(webhook_secret="x", url_allow=["127.0.0.1"])
     assert check_callback_url("http://127.0.0.1:8080/hook", allowed)
     with pytest.raises(ValueError, match="http"):
@@ -330,11 +345,25 @@ def _run_scenario(settings: Settings, connection: redis.Redis, env: dict[str, st
 
 @requires_redis
 def test_rq_info_reads_the_queues_with_the_json_serializer(env: dict[str, str], worker: subprocess.Popen[bytes]) -> None:
-    """`rq info` (rq's own tool) lists our queues and workers when given the JSON serializer."""
+    """`rq info` (rq's own tool) lists our queues and workers when given the JSON serializer, and with the
+    documented queue class its registry cleanup calls nothing a planted job names (`builtins.print` would
+    print the job)."""
+    from rq import Callback, Queue
+    from rq.registry import StartedJobRegistry
+    from rq.serializers import JSONSerializer
+
+    connection = redis.Redis.from_url(REDIS_URL)
+    queue = Queue(f"{PREFIX}-default", connection=connection, serializer=JSONSerializer)
+    planted = queue.enqueue("worker.jobs.run_scan_job", {}, job_id=f"{PREFIX}-planted-info",
+                            on_failure=Callback("builtins.print"))
+    connection.lrem(queue.key, 0, planted.id)
+    connection.zadd(StartedJobRegistry(queue=queue).key, {f"{planted.id}:exec": 1})
     result = subprocess.run(
         [str(BIN / "rq"), "info", "--url", REDIS_URL, "--serializer", "rq.serializers.JSONSerializer",
-         f"{PREFIX}-high", f"{PREFIX}-default", f"{PREFIX}-low"],
+         "--queue-class", "worker.stored.GuardedQueue", f"{PREFIX}-high", f"{PREFIX}-default", f"{PREFIX}-low"],
         env=env, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert f"{PREFIX}-default" in result.stdout and f"{PREFIX}-w" in result.stdout
+    assert "<Job " not in result.stdout + result.stderr  # what print(job, connection, ...) would write
+    assert f"{planted.id}: its failure callback 'builtins.print' is not run" in result.stdout + result.stderr

@@ -131,9 +131,10 @@ class _Guard:
                 sock.connect((ip, port))
                 return sock
             except OSError as exc:
-                errors.append(f"{ip}: {exc}")
+                # A name's addresses are not told (an allow-listed internal name's are internal).
+                errors.append(f"{ip if ip == host.strip('[]') else host}: {exc.strerror or exc}")
                 sock.close()
-        raise OSError("; ".join(errors) or f"no address for {host!r}")
+        raise OSError("; ".join(dict.fromkeys(errors)) or f"no address for {host!r}")
 
 
 class _GuardedHTTPConnection(http.client.HTTPConnection):

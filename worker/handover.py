@@ -33,6 +33,7 @@ from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.utils import now, utcformat
 
 from ralf.core.settings import Settings
+from worker.keys import claims_key, members_key
 
 JOB_KEY_PREFIX = Job.redis_job_namespace_prefix  # 'rq:job:'
 
@@ -106,11 +107,6 @@ return moved
 """
 
 
-def claims_key(settings: Settings, worker_name: str) -> str:
-    """Hash job id -> queue key of the jobs `worker_name` has taken off a queue and not yet started."""
-    return settings.key("claims", worker_name)
-
-
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -130,9 +126,17 @@ def release_claim(connection: Redis, settings: Settings, worker_name: str, job_i
 
 
 def known_workers(connection: Redis, settings: Settings) -> list[str]:
-    from worker.liveness import members_key
-
     return sorted(_text(name) for name in connection.smembers(members_key(settings)))
+
+
+def claimed_by(connection: Redis, settings: Settings, job_id: str) -> str | None:
+    """The worker whose claims hold `job_id` (taken off its queue, not yet started), or None."""
+    names = known_workers(connection, settings)
+    with connection.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hexists(claims_key(settings, name), job_id)
+        held = pipe.execute()
+    return next((name for name, flag in zip(names, held) if flag), None)
 
 
 def requeue_if_orphan(

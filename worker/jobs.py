@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import stat
 import time
 from collections.abc import Iterator
@@ -121,8 +122,9 @@ def job_refusal(job: Job) -> str | None:
     Anyone who can write to Redis can put a job on a queue, and rq would import and call whatever
     function, callback or webhook the job names. A worker of this project runs `run_scan_job` with one
     JSON payload and nothing else: no other function, no bound instance, no keyword arguments, no
-    callbacks (rq imports and calls those too) and no webhooks (requests to any address). Nothing is
-    imported to decide: only the job's stored names and its JSON data are read."""
+    callbacks (rq imports and calls those too), no webhooks (requests to any address), no
+    dependencies (a finished job would release others) and no repeats (it would run again). Nothing
+    is imported to decide: only the job's stored names and its JSON data are read."""
     try:
         func_name, instance, args, kwargs = job.func_name, job.instance, job.args, job.kwargs
     except Exception as exc:  # noqa: BLE001 - undecodable data (not JSON, not rq's layout)
@@ -143,6 +145,10 @@ def job_refusal(job: Job) -> str | None:
         return f"refused: scan jobs carry no callbacks ({', '.join(named)} set)"
     if job.webhooks:
         return "refused: scan jobs carry no webhooks"
+    if job._dependency_ids:
+        return "refused: scan jobs depend on no other job"
+    if job.repeats_left:
+        return "refused: scan jobs are not repeated"
     try:
         parse_payload(args[0])
     except InvalidPayload as exc:
@@ -286,8 +292,17 @@ def local_copy(job: ScanJob, settings: Settings, progress: JobProgress) -> Itera
         path.unlink(missing_ok=True)
 
 
-def _name_url(message: str, read: Path, reference: str) -> str:
-    return message.replace(str(read), reference).replace(read.name, reference)
+def without_path(text: str, path: Path | str, path_as: str, name_as: str) -> str:
+    """`text` with `path` written as `path_as` and its file name, as a whole token and from 4
+    characters on (a file named 'video' must not rewrite 'not a readable video file'), as `name_as`."""
+    shown = text.replace(str(path), path_as)
+    name = Path(path).name
+    if len(name) >= _NAMES_FROM:
+        shown = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", name_as, shown)
+    return shown
+
+
+_NAMES_FROM = 4  # shorter file names identify nothing and would match ordinary words
 
 
 def shared_reference(job: ScanJob) -> str:
@@ -338,7 +353,7 @@ def scan_job(job: ScanJob, settings: Settings, rq_job: Job | None = None) -> Ver
     warnings: list[str] = []
     try:
         with local_copy(job, settings, progress) as path:
-            if job.kind == "file" and job.content_hash and file_sha256(path) != job.content_hash:
+            if job.kind == "file" and job.content_hash and _readable_sha256(path) != job.content_hash:
                 warnings.append("the file changed after it was enqueued; the verdict is for its current content")
             progress.update("scanning", force=True)
             folder = evidence_folder(settings, job, rq_job)
@@ -347,11 +362,12 @@ def scan_job(job: ScanJob, settings: Settings, rq_job: Job | None = None) -> Ver
             if verdict.error:
                 # The scanner names the file it read: a download's temporary file (the user knows the
                 # URL), or the first submitter's path (not for the others' eyes, see shared_reference).
-                verdict = verdict.model_copy(update={"error": _name_url(verdict.error, path, shared_reference(job))})
+                reference = shared_reference(job)
+                verdict = verdict.model_copy(update={"error": without_path(verdict.error, path, reference, reference)})
     except (SourceRefused, DownloadRefused) as exc:
         message = str(exc)
         if job.kind == "file":
-            message = message.replace(job.source, shared_reference(job)).replace(Path(job.source).name, "the file")
+            message = without_path(message, job.source, shared_reference(job), "the file")
         verdict = scanner.error_verdict(shared_reference(job), message)
     except DownloadFailed as exc:
         raise TransientScanError(str(exc)) from exc
@@ -371,8 +387,32 @@ def scan_job(job: ScanJob, settings: Settings, rq_job: Job | None = None) -> Ver
     return verdict.model_copy(update={"path": shared_reference(job), "warnings": [*verdict.warnings, *warnings]})
 
 
+def _readable_sha256(path: Path) -> str:
+    """The file's sha256; a file this worker cannot read (permissions, a vanished mount) is bad input
+    like any other, refused without its path (the job is shared by content)."""
+    try:
+        return file_sha256(path)
+    except OSError as exc:
+        raise SourceRefused(f"cannot read the file: {exc.strerror or type(exc).__name__}") from None
+
+
 def run_scan_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Entry point rq calls with the JSON payload; returns the verdict as a JSON dict."""
     job = parse_payload(payload)
-    return scan_job(job, worker_settings(), get_current_job()).model_dump(mode="json")
+    try:
+        return scan_job(job, worker_settings(), get_current_job()).model_dump(mode="json")
+    except Exception as exc:
+        raise _shareable(exc, job) from None
+
+
+def _shareable(exc: Exception, job: ScanJob) -> Exception:
+    """`exc` as rq may store it: its failure reason is shown by `status`, `result` and `jobs` and sent in
+    `scan.failed` webhooks to everyone who enqueued the same content, so the first submitter's path
+    (or file name) is replaced by the content reference. The original goes to this worker's log only."""
+    text = str(exc)
+    shown = without_path(text, job.source, shared_reference(job), "the file") if job.kind == "file" else text
+    if shown == text:
+        return exc
+    log.warning("job failed: %s", text)
+    return TransientScanError(f"{type(exc).__name__}: {shown}")
 

@@ -4,15 +4,16 @@ rq finds abandoned jobs on its own, but late: a StartedJobRegistry entry expires
 job monitoring interval + 60 s (forking worker) or the whole job timeout + 60 s (in-process worker,
 whose main thread is busy with the job). Our workers therefore publish a short-lived liveness key
 from a background thread; a worker whose key has expired is dead:
-- any of its jobs still marked started is handed back to rq's own abandoned-job path (retry if
-  retries are left, else failed);
+- any of its jobs still marked started goes through the abandoned-job cleanup
+  (`worker.stored.clean_started_registry`: retry if retries are left, else failed; a job that is no
+  plain scan job failed as refused; nothing a job names is called);
 - any job it had claimed but not started (worker/handover.py) goes back to the front of its queue,
   without using up a retry (it never ran).
 A worker whose key expired but whose main process still runs on the reaper's own host is not dead,
 only starved of CPU (or stopped): its jobs are left alone, since re-running them would run them twice.
 The same thread moves jobs whose retry back-off is over back to their queues (every second), so
 retries do not wait for rq's scheduler lock to expire when the worker holding it was killed.
-Jobs of workers that never published liveness (plain `rq worker`) are left to rq's timing.
+Jobs of workers that never published liveness are left to the registries' own expiry.
 """
 
 from __future__ import annotations
@@ -28,27 +29,16 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.executions import Execution
-from rq.job import Job
 from rq.registry import StartedJobRegistry
 
 from ralf.core.settings import Settings
 from worker.handover import move_due_scheduled, return_claims
+from worker.jobs import note_crashed_attempt
+from worker.keys import alive_key, members_key, process_key, reaper_lock_key
+from worker.stored import GuardedJob, clean_started_registry
+from worker.webhooks import schedule_failed_callbacks
 
 log = logging.getLogger(__name__)
-
-
-def alive_key(settings: Settings, worker_name: str) -> str:
-    return settings.key("alive", worker_name)
-
-
-def members_key(settings: Settings) -> str:
-    """Set of worker names that publish liveness (only their absence means death)."""
-    return settings.key("liveness-workers")
-
-
-def process_key(settings: Settings, worker_name: str) -> str:
-    """'<host> <pid> <start time>' of a worker's main process (no TTL; removed when it stops cleanly)."""
-    return settings.key("worker-process", worker_name)
 
 
 def _this_process() -> str:
@@ -144,35 +134,18 @@ def _execution_worker(connection: Redis, job_id: str, execution_id: str, seriali
         return Execution.fetch(execution_id, job_id, connection).worker_name
     except ValueError:  # execution hash expired: the job remembers its last worker
         try:
-            return Job.fetch(job_id, connection=connection, serializer=serializer).worker_name or ""
+            return GuardedJob.fetch(job_id, connection=connection, serializer=serializer).worker_name or ""
         except Exception:  # noqa: BLE001 - a vanished job has nothing left to recover
             return ""
 
 
 def _note_crash(connection: Redis, job_id: str, serializer: object) -> None:
-    from worker.jobs import note_crashed_attempt
-
     try:
-        job = Job.fetch(job_id, connection=connection, serializer=serializer)
+        job = GuardedJob.fetch(job_id, connection=connection, serializer=serializer)
         note_crashed_attempt(job)
         job.save_meta()
     except Exception as exc:  # noqa: BLE001 - best effort: the re-queue matters more
         log.warning("could not mark job %s as crashed: %s", job_id, exc)
-
-
-def _announce_failed(connection: Redis, settings: Settings, job_ids: list[str], serializer: object) -> None:
-    """Jobs that rq's cleanup just failed for good (no retry left) get their webhooks (worker/webhooks/)."""
-    from rq.job import JobStatus
-
-    from worker.webhooks import schedule_callbacks
-
-    for job_id in job_ids:
-        try:
-            job = Job.fetch(job_id, connection=connection, serializer=serializer)
-            if job.get_status(refresh=False) == JobStatus.FAILED:
-                schedule_callbacks(connection, settings, job_id, job.created_at, "failed")
-        except Exception as exc:  # noqa: BLE001 - best effort: the failure itself is recorded
-            log.warning("webhooks of failed job %s not scheduled: %s", job_id, exc)
 
 
 def dead_workers(connection: Redis, settings: Settings, names: set[str]) -> set[str]:
@@ -200,11 +173,12 @@ def _silent(connection: Redis, settings: Settings, names: list[str]) -> list[str
 def requeue_abandoned(connection: Redis, settings: Settings, queues: list[Queue]) -> list[str]:
     """Hand jobs of dead liveness-publishing workers to rq's abandoned-job handling; returns their ids.
 
-    rq's `StartedJobRegistry.cleanup` retries a job with retries left and fails the others, with the
-    usual callbacks; we only mark the dead executions as expired (score 0) so that cleanup picks them
-    up now instead of a minute or more later. A lock keeps concurrent reapers from racing.
+    The cleanup (`worker.stored.clean_started_registry`, rq's without calling anything a job names)
+    retries a job with retries left and fails the others; we only mark the dead executions as
+    expired (score 0) so that cleanup picks them up now instead of a minute or more later. A lock
+    keeps concurrent reapers from racing.
     """
-    lock = connection.lock(settings.key("reaper-lock"), timeout=30, blocking=False)
+    lock = connection.lock(reaper_lock_key(settings), timeout=30, blocking=False)
     if not lock.acquire(blocking=False):
         return []
     recovered: list[str] = []
@@ -225,9 +199,13 @@ def requeue_abandoned(connection: Redis, settings: Settings, queues: list[Queue]
             for key in expired:  # their retry decodes with PyAV (see worker.jobs.job_options)
                 _note_crash(connection, key.split(":", 1)[0], queue.serializer)
             connection.zadd(registry.key, {key: 0 for key in expired}, xx=True)
-            registry.cleanup(timestamp=1)  # only the entries scored 0 above are old enough
-            recovered.extend(key.split(":", 1)[0] for key in expired)
-            _announce_failed(connection, settings, [key.split(":", 1)[0] for key in expired], queue.serializer)
+            # only the entries scored 0 above are old enough
+            recovered += clean_started_registry(
+                queue,
+                settings.failure_ttl_s,
+                timestamp=1,
+                on_failed=lambda job_id: schedule_failed_callbacks(connection, settings, job_id),
+            )
             log.warning("re-queued jobs of dead workers %s: %s", sorted(dead), recovered)
         for name in _forgettable(connection, settings):
             # Jobs it took off a queue but never started go back to the front of their queue.

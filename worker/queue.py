@@ -7,7 +7,6 @@ the job timeout) and reads the model version from the weights file header.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -18,15 +17,9 @@ from redis import Redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry as RedisRetry
 from rq import Queue, Retry
-from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.exceptions import DuplicateJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.registry import (
-    BaseRegistry,
-    FailedJobRegistry,
-    FinishedJobRegistry,
-    ScheduledJobRegistry,
-    StartedJobRegistry,
-)
+from rq.registry import BaseRegistry, FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
@@ -36,17 +29,30 @@ from ralf.core.files import file_sha256
 from ralf.core.metadata import WeightsError, read_metadata
 from ralf.core.options import random_model_version
 from ralf.core.settings import PRIORITIES, Priority, Settings
-from worker.handover import requeue_if_orphan
-from worker.jobs import JOB_FUNCTION, ScanJob, ScanOverrides, job_id_for, shared_reference
+from worker.handover import claimed_by, requeue_if_orphan
+from worker.jobs import JOB_FUNCTION, ScanJob, ScanOverrides, job_id_for, shared_reference, unreadable_file_message
 from worker.sources import SourceRefused, check_source
-from worker.webhooks import CallbackRefused, check_callback_url, register_callback
+from worker.stored import (
+    GuardedJob,
+    GuardedQueue,
+    JobNotFound,
+    clean_started_registry,
+    failure_reason,
+    failure_text,
+    fetch_job,
+    fetch_many,
+    unreadable_reason,
+)
+from worker.webhooks.callbacks import (
+    CallbackRefused,
+    check_callback_url,
+    register_callback,
+    schedule_failed_callbacks,
+)
+
+__all__ = ["JobNotFound", "failure_reason", "fetch_job"]  # with the client functions below
 
 log = logging.getLogger(__name__)
-_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
-
-
-class JobNotFound(LookupError):
-    """No job with this id (never enqueued, or its result TTL has passed)."""
 
 
 class EnqueueRefused(ValueError):
@@ -60,7 +66,7 @@ def connect(settings: Settings) -> Redis:
 
 
 def scan_queue(settings: Settings, connection: Redis, priority: Priority = "default") -> Queue:
-    return Queue(settings.queue_name(priority), connection=connection, serializer=JSONSerializer)
+    return GuardedQueue(settings.queue_name(priority), connection=connection)
 
 
 def all_queues(settings: Settings, connection: Redis) -> list[Queue]:
@@ -80,8 +86,6 @@ def model_version(settings: Settings) -> str:
     except WeightsError as exc:
         raise EnqueueRefused(f"cannot read the model version from {weights}: {exc}") from None
     except OSError as exc:
-        from worker.jobs import unreadable_file_message
-
         raise EnqueueRefused(unreadable_file_message("the weights file", weights, exc)) from None
 
 
@@ -138,7 +142,7 @@ def build_scan_job(
         size, limit = Path(source.location).stat().st_size, settings.max_file_bytes
         if size > limit:  # before hashing: reading a huge file only to refuse it would take minutes
             raise SourceRefused(f"file too large: {source.location} has {size} bytes, the limit is {limit}")
-    content_hash = file_sha256(source.location) if source.kind == "file" else None
+    content_hash = _content_hash(source.location) if source.kind == "file" else None
     duration = probe_duration(source.location) if source.kind == "file" else None
     payload = ScanJob(
         source=source.location,
@@ -149,6 +153,15 @@ def build_scan_job(
         priority=priority,
     )
     return payload, duration
+
+
+def _content_hash(path: str) -> str:
+    """The file's sha256; a file this client cannot read is refused with why (its own path: the
+    submitter gave it)."""
+    try:
+        return file_sha256(path)
+    except OSError as exc:
+        raise SourceRefused(unreadable_file_message("the file", path, exc)) from None
 
 
 def enqueue_scan(
@@ -181,65 +194,93 @@ def enqueue_scan(
         resolver=resolver,
     )
     job_id = job_id_for(payload, settings.key_prefix)
+    # rq's delete and its enqueue are several commands each: a --force of one client between another's
+    # creation of the job hash and its push onto the queue would leave the id queued twice (two runs).
+    # One lock per job id makes each client's look-delete-create one step.
+    with connection.lock(settings.key("enqueue-lock", job_id), timeout=60, blocking_timeout=60):
+        return _enqueue_one(connection, settings, payload, job_id, priority, duration, force, callback)
+
+
+def _enqueue_one(
+    connection: Redis,
+    settings: Settings,
+    payload: ScanJob,
+    job_id: str,
+    priority: Priority,
+    duration: float | None,
+    force: bool,
+    callback: str | None,
+) -> EnqueuedJob:
     queue = scan_queue(settings, connection, priority)
-    if force:
-        _drop_for_force(connection, job_id)
     timeout = job_timeout_s(settings, duration)
-    try:
-        job = queue.enqueue(
-            JOB_FUNCTION,
-            payload.model_dump(mode="json"),
-            job_id=job_id,
-            unique=True,  # atomic check-and-create: concurrent clients cannot double-enqueue
-            job_timeout=timeout,
-            result_ttl=settings.result_ttl_s,
-            failure_ttl=settings.failure_ttl_s,
-            retry=retry_policy(settings),
-            description=f"scan {shared_reference(payload)}",  # not the path: the job is shared by content
-        )
-    except DuplicateJobError:
-        existing = fetch_job(connection, job_id)
-        # A queued job that no queue, worker claim or registry holds would never run (a worker died
-        # mid-hand-over under an older version, or state was lost): put it back instead of returning it.
-        origin = Queue(existing.origin, connection=connection, serializer=JSONSerializer)
-        requeued = requeue_if_orphan(connection, settings, job_id, origin)
-        if requeued:
-            existing.refresh()
+    for _ in range(_ENQUEUE_ATTEMPTS):
+        if force:
+            _drop_for_force(connection, settings, job_id)
+            force = False  # once: a job that appears meanwhile is the one asked for
+        try:
+            job = queue.enqueue(
+                JOB_FUNCTION,
+                payload.model_dump(mode="json"),
+                job_id=job_id,
+                unique=True,  # atomic check-and-create: concurrent clients cannot double-enqueue
+                job_timeout=timeout,
+                result_ttl=settings.result_ttl_s,
+                failure_ttl=settings.failure_ttl_s,
+                retry=retry_policy(settings),
+                description=f"scan {shared_reference(payload)}",  # not the path: the job is shared by content
+            )
+        except DuplicateJobError:
+            try:
+                return _existing_job(connection, settings, job_id, payload, callback)
+            except (JobNotFound, NoSuchJobError, InvalidJobOperation):
+                continue  # deleted between the two looks (a concurrent --force): enqueue again
         if callback is not None:
-            register_callback(connection, settings, job_id, callback)
+            register_callback(connection, settings, job.id, callback)
         return EnqueuedJob(
-            job_id=job_id,
-            source=payload.source,
-            queue=existing.origin,
-            status=_status(existing),
-            created=False,
-            timeout_s=existing.timeout,
-            requeued=requeued,
+            job_id=job.id, source=payload.source, queue=queue.name, status=_status(job), created=True, timeout_s=timeout
         )
+    raise EnqueueRefused(f"job {job_id} kept changing under concurrent enqueues; try again")
+
+
+_ENQUEUE_ATTEMPTS = 5  # concurrent --force of one file: each retry finds the job a racing client made
+
+
+def _existing_job(
+    connection: Redis, settings: Settings, job_id: str, payload: ScanJob, callback: str | None
+) -> EnqueuedJob:
+    existing = fetch_job(connection, job_id)
+    # A queued job that no queue, worker claim or registry holds would never run (a worker died
+    # mid-hand-over under an older version, or state was lost): put it back instead of returning it.
+    origin = GuardedQueue(existing.origin, connection=connection)
+    requeued = requeue_if_orphan(connection, settings, job_id, origin)
+    if requeued:
+        existing.refresh()
     if callback is not None:
-        register_callback(connection, settings, job.id, callback)
+        register_callback(connection, settings, job_id, callback)
     return EnqueuedJob(
-        job_id=job.id, source=payload.source, queue=queue.name, status=_status(job), created=True, timeout_s=timeout
+        job_id=job_id,
+        source=payload.source,
+        queue=existing.origin,
+        status=_status(existing),
+        created=False,
+        timeout_s=existing.timeout,
+        requeued=requeued,
     )
 
 
-def _drop_for_force(connection: Redis, job_id: str) -> None:
+def _drop_for_force(connection: Redis, settings: Settings, job_id: str) -> None:
+    """Delete the job so that it can be made anew (a job that is gone already is what was asked for).
+    Not a job that runs, or that a worker has taken off its queue and is about to start: the new job
+    would run beside it."""
     try:
         job = fetch_job(connection, job_id)
-    except JobNotFound:
+        if job.get_status() == JobStatus.STARTED or claimed_by(connection, settings, job_id):
+            raise EnqueueRefused(
+                f"job {job_id} is running right now; --force can only replace a job that is not running"
+            )
+        job.delete()
+    except (JobNotFound, InvalidJobOperation):
         return
-    if job.get_status() == JobStatus.STARTED:
-        raise EnqueueRefused(f"job {job_id} is running right now; --force can only replace a job that is not running")
-    job.delete()
-
-
-def fetch_job(connection: Redis, job_id: str) -> Job:
-    if not _JOB_ID.fullmatch(job_id):
-        raise JobNotFound(f"{job_id!r} is not a job id (ids are letters, digits, '-' and '_', as enqueue prints them)")
-    try:
-        return Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
-    except NoSuchJobError:
-        raise JobNotFound(f"no job {job_id!r} (never enqueued, or its result has expired)") from None
 
 
 def _status(job: Job) -> str:
@@ -274,19 +315,6 @@ def _payload_source(job: Job) -> str:
     return "?"
 
 
-def failure_reason(job: Job) -> str | None:
-    return _failure_text(job, job.latest_result())
-
-
-def _failure_text(job: Job, latest: Result | None) -> str | None:
-    """The last line of why the job failed: its latest failed result, else rq's exc_info."""
-    text = latest.exc_string if latest is not None and latest.type == Result.Type.FAILED else job.exc_info
-    if not text:
-        return None
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else None
-
-
 def job_state(job: Job) -> JobState:
     job.refresh()
     return _state(job, job.latest_result() if _status(job) in _WITH_RESULT else None)
@@ -315,7 +343,7 @@ def _state(job: Job, latest: Result | None) -> JobState:
         ended_at=job.ended_at,
         worker=job.worker_name,
         retries_left=job.retries_left,
-        error=_failure_text(job, latest) if status == JobStatus.FAILED.value else None,
+        error=failure_text(job, latest) if status == JobStatus.FAILED.value else None,
         verdict_label=verdict.label if verdict is not None else None,
     )
 
@@ -349,7 +377,11 @@ def iter_jobs(
         if not fresh:
             continue
         seen.update(fresh)
-        jobs = [job for job in Job.fetch_many(fresh, connection=connection, serializer=JSONSerializer) if job]
+        fetched = dict(zip(fresh, fetch_many(connection, fresh)))
+        for job_id, reason in fetched.items():
+            if isinstance(reason, str):  # a malformed hash: listed with why, never read further
+                yield JobState(job_id=job_id, status="unreadable", source="?", queue="?", error=reason)
+        jobs = [job for job in fetched.values() if isinstance(job, GuardedJob)]
         with_result = [job for job in jobs if _status(job) in _WITH_RESULT]
         with connection.pipeline(transaction=False) as pipe:
             for job in with_result:
@@ -361,7 +393,16 @@ def iter_jobs(
             if entries:
                 result_id, payload = entries[0]
                 result = Result.restore(job.id, result_id.decode(), payload, connection, serializer=JSONSerializer)
-            yield _state(job, result)
+            yield _listed_state(job, result)
+
+
+def _listed_state(job: GuardedJob, latest: Result | None) -> JobState:
+    """`_state`, or for a job whose stored fields are not what rq writes, a line saying so: anyone
+    who can write to Redis can plant such a hash, and the listing must go on past it."""
+    try:
+        return _state(job, latest)
+    except Exception as exc:  # noqa: BLE001 - malformed stored fields
+        return JobState(job_id=job.id, status="unreadable", source="?", queue="?", error=unreadable_reason(exc))
 
 
 def _id_pages(connection: Redis, settings: Settings, failed: bool, page_size: int) -> Iterator[list[str]]:
@@ -375,7 +416,13 @@ def _id_pages(connection: Redis, settings: Settings, failed: bool, page_size: in
         sources: list[Queue | BaseRegistry] = [] if failed else [queue]
         sources += [kind(queue=queue) for kind in kinds]
         for source in sources:
-            if isinstance(source, BaseRegistry):
+            if isinstance(source, StartedJobRegistry):  # rq's own cleanup would call a planted job's callback
+                clean_started_registry(
+                    queue,
+                    settings.failure_ttl_s,
+                    on_failed=lambda job_id: schedule_failed_callbacks(connection, settings, job_id),
+                )
+            elif isinstance(source, BaseRegistry):
                 source.cleanup()
             yield from _pages(source, page_size)
 

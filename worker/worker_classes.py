@@ -1,4 +1,5 @@
-"""The two modes of `ScanWorker` (worker/workers.py), as rq has `Worker` and `SimpleWorker`.
+"""The two modes of the scan worker (`ScanWorkerBase`, worker/worker_base.py), as rq has `Worker` and
+`SimpleWorker`, and the rule that picks one (`worker_class_for`, used by worker/workers.py).
 
 - `ForkScanWorker` (CPU): the model is loaded and warmed up in the parent *before* forking; every
   horse inherits it copy-on-write and scans at once. The horse keeps rq's isolation: a crash, leak
@@ -23,13 +24,13 @@ from rq import SimpleWorker, Worker
 from rq.job import Job
 from rq.queue import Queue
 
-from ralf.core.settings import WorkerMode
+from ralf.core.settings import Settings, WorkerMode
 from worker.jobs import note_crashed_attempt
 from worker.liveness import LivenessBeat
-from worker.workers import ScanWorker
+from worker.worker_base import ScanWorkerBase
 
 
-class ForkScanWorker(ScanWorker, Worker):
+class ForkScanWorker(ScanWorkerBase, Worker):
     """Each job in a work horse forked from the process holding the model (CPU)."""
 
     mode: ClassVar[WorkerMode] = "fork"
@@ -56,7 +57,7 @@ class ForkScanWorker(ScanWorker, Worker):
         super().main_work_horse(job, queue)
 
 
-class InProcessScanWorker(ScanWorker, SimpleWorker):
+class InProcessScanWorker(ScanWorkerBase, SimpleWorker):
     """Jobs in the worker process itself, on the resident model and its CUDA context (CUDA)."""
 
     mode: ClassVar[WorkerMode] = "in-process"
@@ -68,4 +69,15 @@ class InProcessScanWorker(ScanWorker, SimpleWorker):
         return int(timeout) + 60
 
 
-WORKER_CLASSES: dict[WorkerMode, type[ScanWorker]] = {"fork": ForkScanWorker, "in-process": InProcessScanWorker}
+WORKER_CLASSES: dict[WorkerMode, type[ScanWorkerBase]] = {"fork": ForkScanWorker, "in-process": InProcessScanWorker}
+
+
+def resolve_mode(mode: WorkerMode, settings: Settings) -> WorkerMode:
+    """`auto`: in-process when the scan device resolves to CUDA, fork otherwise."""
+    if mode != "auto":
+        return mode
+    return "in-process" if settings.scan_options().resolved_device() == "cuda" else "fork"
+
+
+def worker_class_for(mode: WorkerMode, settings: Settings) -> type[ScanWorkerBase]:
+    return WORKER_CLASSES[resolve_mode(mode, settings)]

@@ -35,11 +35,13 @@ def check_file(path: str | Path) -> Path:
 
 
 def open_container(path: Path) -> av.container.InputContainer:
-    """Open for reading. Metadata (titles, handler names, ...) is text of any encoding in the wild;
+    """Open the local file for reading. Metadata (titles, handler names, ...) is text of any encoding in the wild;
     PyAV decodes it strictly as UTF-8 while opening, so a Latin-1 title would make a valid video
     unreadable: undecodable bytes become U+FFFD instead (nothing here reads the metadata)."""
     try:
-        return av.open(str(path), mode="r", metadata_errors="replace")
+        # Absolute: FFmpeg reads a name such as `concat:a.mp4` or `http:host` as a protocol, never one
+        # that starts with '/' (no list of protocols to keep up to date).
+        return av.open(str(Path(path).absolute()), mode="r", metadata_errors="replace")
     except av.error.InvalidDataError:
         raise VideoDecodeError(
             f"not a readable video file (unrecognised format, or truncated/corrupt container): {path.name}"

@@ -19,6 +19,7 @@ into it (standard library only).
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,9 +29,18 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # host, port -> the IP addresses (as text) a connection may use, in preference order
 Resolver = Callable[[str, int], list[str]]
 
+log = logging.getLogger(__name__)
+
 LOCAL_NAME_SUFFIXES = (".localhost", ".local", ".internal", ".localdomain", ".home.arpa")
 _SHARED = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Special-purpose blocks that Python's `ipaddress` (3.11) still calls global: IETF protocol
+# assignments (all of 192.0.0.0/24, e.g. the dummy address 192.0.0.8 of RFC 7600; its two anycast
+# services are no media hosts either) and the IPv6 documentation block 3fff::/20 (RFC 9637).
+_NOT_PUBLIC = (
+    (ipaddress.ip_network("192.0.0.0/24"), "IETF protocol assignments (192.0.0.0/24)"),
+    (ipaddress.ip_network("3fff::/20"), "documentation (3fff::/20)"),
+)
 
 
 class AddressRefused(ValueError):
@@ -89,6 +99,7 @@ def address_kind(ip: IPAddress) -> str | None:
         ("private", ip.is_private),
         ("reserved", ip.is_reserved),
         ("site-local", isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local),
+        *((kind, ip.version == net.version and ip in net) for net, kind in _NOT_PUBLIC),
     )
     for kind, flag in checks:
         if flag:
@@ -171,7 +182,8 @@ class AddressPolicy:
         for text in addresses:
             reason = self.address_refusal(ipaddress.ip_address(text.split("%", 1)[0]))
             if reason is not None:
-                raise AddressRefused(
-                    f"host {host!r} refused: it resolves to {reason} (set RALF_URL_ALLOW to open it)"
-                )
+                # What an internal name resolves to is the operator's business (this log), not the
+                # submitter's: the message says only that the address is not allowed.
+                log.warning("host %r refused: it resolves to %s", host, reason)
+                raise AddressRefused(f"host {host!r} refused: its address is not allowed (set RALF_URL_ALLOW to open it)")
         return addresses

@@ -87,6 +87,12 @@ class Settings(BaseSettings, WorkerOptions, Sampling):
     retry_intervals_s: Annotated[list[int], NoDecode] = Field(
         default_factory=lambda: [10, 60, 300], description="Back-off between retries, seconds"
     )
+    burst_retry_wait_s: float = Field(
+        60.0,
+        ge=0,
+        description="A --burst worker waits for retries due within this many seconds before it leaves "
+        "(and names the later ones)",
+    )
     worker_mode: WorkerMode = Field(
         "auto",
         description="fork: a work horse per job (CPU); in-process: jobs run in the worker (CUDA); auto: by device",

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ralf.core.files import file_sha256
 from ralf.losses.labels import fake_mask, zero_with_graph
-from ralf.pretrained import PretrainedError, read_state_dict
+from ralf.pretrained_files import PretrainedError, read_state_dict
 
 VGG19_LAYER_NAMES = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 # Exclusive end index of each slice in vgg19().features: ReLU modules at 1, 6, 11, 20, 29.

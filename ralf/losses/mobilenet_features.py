@@ -15,7 +15,7 @@ import torchvision
 
 from ralf.core.files import file_sha256
 from ralf.losses.contrastive import FrozenFeatureSlices
-from ralf.pretrained import PretrainedError, read_state_dict
+from ralf.pretrained_files import PretrainedError, read_state_dict
 
 MOBILENET_V2_LAYER_NAMES = ("features.1", "features.3", "features.6", "features.13", "features.17")
 _SLICE_ENDS = (2, 4, 7, 14, 18)

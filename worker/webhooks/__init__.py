@@ -35,6 +35,7 @@ from worker.webhooks.callbacks import (
     job_deliveries,
     register_callback,
     schedule_callbacks,
+    schedule_failed_callbacks,
     shown_url,
 )
 from worker.webhooks.sender import PostResult, WebhookSender, event_body, post_json
@@ -71,6 +72,7 @@ __all__ = [
     "post_json",
     "register_callback",
     "schedule_callbacks",
+    "schedule_failed_callbacks",
     "shown_url",
     "sign",
     "verify_signature",

@@ -11,10 +11,13 @@ from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from redis import Redis
+from rq.job import JobStatus
+from rq.serializers import JSONSerializer
 
 from ralf.core.addresses import Resolver, system_resolver
 from ralf.core.settings import Settings
 from worker.sources import SourceRefused, check_url
+from worker.stored import GuardedJob
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +71,13 @@ def register_callback(connection: Redis, settings: Settings, job_id: str, url: s
     """Add `url` to the job's callbacks; if the job has already ended, schedule its delivery now.
     Returns True when a delivery was scheduled at once. (The URL is added before the job's state is
     read, and a worker stores the result before reading the callbacks: one of the two sees the other.)"""
-    from rq.job import Job, JobStatus
-    from rq.serializers import JSONSerializer
-
     key = callbacks_key(settings, job_id)
     with connection.pipeline() as pipe:
         pipe.sadd(key, url)
         pipe.expire(key, _keep_s(settings))
         pipe.execute()
     try:
-        job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+        job = GuardedJob.fetch(job_id, connection=connection, serializer=JSONSerializer)
     except Exception:  # noqa: BLE001 - no job yet: the worker schedules it when the job ends
         return False
     status = job.get_status(refresh=False)
@@ -85,6 +85,17 @@ def register_callback(connection: Redis, settings: Settings, job_id: str, url: s
     if event is None:
         return False
     return bool(schedule_callbacks(connection, settings, job_id, job.created_at, event, only=[url]))
+
+
+def schedule_failed_callbacks(connection: Redis, settings: Settings, job_id: str) -> None:
+    """A scan job the started-registry cleanup just failed for good (its worker died with no retry
+    left) gets its `scan.failed` deliveries; best effort: the failure itself is recorded."""
+    try:
+        job = GuardedJob.fetch(job_id, connection=connection, serializer=JSONSerializer)
+        if job.get_status(refresh=False) == JobStatus.FAILED:
+            schedule_callbacks(connection, settings, job_id, job.created_at, "failed")
+    except Exception as exc:  # noqa: BLE001
+        log.warning("webhooks of failed job %s not scheduled: %s", job_id, exc)
 
 
 def delivery_id(job_id: str, created_at: datetime | None, url: str) -> str:

@@ -17,11 +17,13 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
+from rq.serializers import JSONSerializer
 
 from ralf.core.addresses import AddressRefused, Resolver, system_resolver
 from ralf.core.settings import Settings
 from worker.download import _Guard, _GuardedHTTPHandler, _GuardedHTTPSHandler
-from worker.sources import SourceRefused, check_url, redact_url
+from worker.sources import SourceRefused, check_url
+from worker.stored import GuardedJob, failure_reason
 from worker.webhooks.callbacks import EVENTS, as_text, delivery_key, due_key, shown_url
 from worker.webhooks.signing import DELIVERY_HEADER, EVENT_HEADER, JOB_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
@@ -84,7 +86,7 @@ def post_json(url: str, body: bytes, headers: dict[str, str], settings: Settings
                 return PostResult(False, None, str(reason), permanent=True)
             if guard.over():
                 return PostResult(False, None, f"no answer within {settings.webhook_timeout_s:g} s")
-            return PostResult(False, None, f"cannot reach {redact_url(url)}: {reason}")
+            return PostResult(False, None, f"cannot reach {shown_url(url)}: {reason}")
         except Exception as exc:  # noqa: BLE001 - http.client oddities: a failed attempt, retried
             return PostResult(False, None, f"{type(exc).__name__}: {exc}")
 
@@ -92,13 +94,8 @@ def post_json(url: str, body: bytes, headers: dict[str, str], settings: Settings
 def event_body(connection: Redis, job_id: str, event: str, ident: str) -> bytes | None:
     """The JSON body of a delivery, built from the stored job: its verdict (finished) or the reason it
     failed. None when the job or its result is gone (expired)."""
-    from rq.job import Job
-    from rq.serializers import JSONSerializer
-
-    from worker.queue import failure_reason
-
     try:
-        job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+        job = GuardedJob.fetch(job_id, connection=connection, serializer=JSONSerializer)
     except Exception:  # noqa: BLE001 - expired or unreadable
         return None
     payload: dict[str, Any] = {
@@ -201,6 +198,9 @@ class WebhookSender:
                 JOB_HEADER: record["job_id"],
             }
             result = post_json(record["url"], body, headers, self.settings, self.resolver)
+        # Stored for `status` (anyone holding the job id): the receiver's path and query may hold tokens,
+        # so the URL appears as `status` shows it, scheme and host only.
+        error = (result.error or "").replace(record["url"], shown_url(record["url"]))
         intervals = self.settings.webhook_retry_intervals_s
         update: dict[str, Any] = {"attempts": attempts, "last_attempt_at": datetime.now(timezone.utc).isoformat()}
         if result.status is not None:
@@ -210,10 +210,10 @@ class WebhookSender:
             update.update(status="delivered", last_error="")
         elif result.permanent or attempts > len(intervals):
             outcome = "failed"
-            update.update(status="failed", last_error=result.error or "")
+            update.update(status="failed", last_error=error)
         else:
             outcome = "retried"
-            update.update(status="retrying", last_error=result.error or "")
+            update.update(status="retrying", last_error=error)
         with self.connection.pipeline() as pipe:
             pipe.hset(key, mapping=update)
             if outcome == "retried":
@@ -230,7 +230,7 @@ class WebhookSender:
             shown_url(record["url"]),
             outcome,
             attempts,
-            f" ({result.error})" if result.error else "",
+            f" ({error})" if error else "",
         )
         if self.on_outcome is not None:
             with contextlib.suppress(Exception):

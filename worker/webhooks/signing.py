@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Mapping
 
@@ -18,6 +19,7 @@ DELIVERY_HEADER = "X-RALF-Delivery"
 EVENT_HEADER = "X-RALF-Event"
 JOB_HEADER = "X-RALF-Job-Id"
 SIGNATURE_TOLERANCE_S = 300
+_CANONICAL_TIMESTAMP = re.compile(r"0|[1-9][0-9]*", re.ASCII)
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -37,7 +39,9 @@ def verify_signature(
     """What a receiver does: the signature matches the raw body and the timestamp is recent."""
     lowered = {k.lower(): v for k, v in headers.items()}
     timestamp, signature = lowered.get(TIMESTAMP_HEADER.lower()), lowered.get(SIGNATURE_HEADER.lower())
-    if not timestamp or not signature or not timestamp.isdigit():
+    # Only the form `sign` writes: ASCII digits without a leading zero (str.isdigit takes '²' and other
+    # scripts' digits, and int() reads '0123' as the timestamp of '123', signed over other bytes).
+    if not timestamp or not signature or not _CANONICAL_TIMESTAMP.fullmatch(timestamp):
         return False
     if abs((now if now is not None else time.time()) - int(timestamp)) > tolerance_s:
         return False
