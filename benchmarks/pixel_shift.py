@@ -12,16 +12,21 @@ weights' threshold. Several weights files are measured in the same run on the sa
 
 from __future__ import annotations
 
-import argparse
-import hashlib
+import sys
 from pathlib import Path
 
-import numpy as np
-import torch
+# benchmarks/queue.py must not shadow the standard library's queue (redis imports it).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from ralf.core.decision import Decision
-from ralf.weights import load_weights
-from trainer.data import load_crop_records, read_rgb, to_model_input
+import argparse  # noqa: E402
+import hashlib  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ralf.core.decision import Decision  # noqa: E402
+from ralf.weights import load_weights  # noqa: E402
+from trainer.data import load_crop_records, read_rgb, to_model_input  # noqa: E402
 
 
 def shifted(image: np.ndarray, dx: int, dy: int) -> np.ndarray:
