@@ -39,7 +39,6 @@ from cli.common import (
     load_settings,
     scan_options,
 )
-from pipeline.synthetic import write_face_clip
 from pipeline.verdict import Verdict, verdict_json_schema
 from ralf.core.options import DeviceName, ScanOptions
 from ralf.core.settings import Settings
@@ -303,19 +302,18 @@ DEMO_FAKE_SEED = 7
 
 
 def write_demo_clips(directory: Path) -> tuple[Path, Path]:
-    """A real clip of the astronaut's moving face and its twin whose face is self-blended (SBI)."""
+    """A camera panning over the astronaut's photograph, and the same pan over the photograph whose face
+    was self-blended (SBI)."""
     import numpy as np
 
-    from pipeline.synthetic import astronaut_face
+    from pipeline.synthetic import astronaut_face, astronaut_photo, astronaut_with_face, write_photo_pan_clip
     from trainer.sbi import SelfBlendConfig, self_blend
 
-    face = astronaut_face()
     blend = SelfBlendConfig(ratio_one_prob=1.0, source_augment_prob=1.0, hull_prob=1.0, jpeg_prob=0.0)
     rng = np.random.default_rng(DEMO_FAKE_SEED)
-    fake_face = self_blend(face, np.asarray(ASTRONAUT_LANDMARKS), rng, blend).fake
-    common = {"codec": "h264", "num_frames": 24, "fps": 12.0, "size": (320, 240)}
-    real = write_face_clip(directory / "astronaut_real.mp4", **common)  # type: ignore[arg-type]
-    fake = write_face_clip(directory / "astronaut_self_blended.mp4", face_image=fake_face, **common)  # type: ignore[arg-type]
+    fake_face = self_blend(astronaut_face(), np.asarray(ASTRONAUT_LANDMARKS), rng, blend).fake
+    real = write_photo_pan_clip(directory / "astronaut_real.mp4", astronaut_photo())
+    fake = write_photo_pan_clip(directory / "astronaut_self_blended.mp4", astronaut_with_face(fake_face))
     return real, fake
 
 

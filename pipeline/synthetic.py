@@ -45,9 +45,40 @@ def container_suffix(codec: ClipCodec) -> str:
 @lru_cache(maxsize=1)
 def astronaut_face() -> np.ndarray:
     """The astronaut's face region, uint8 RGB (200, 190, 3)."""
+    return np.ascontiguousarray(astronaut_photo()[_FACE_ROWS, _FACE_COLS])
+
+
+@lru_cache(maxsize=1)
+def astronaut_photo() -> np.ndarray:
+    """scikit-image's whole astronaut photograph, uint8 RGB (512, 512, 3)."""
     from skimage import data  # deferred: skimage import is slow and only needed here
 
-    return np.ascontiguousarray(data.astronaut()[_FACE_ROWS, _FACE_COLS])
+    return np.ascontiguousarray(data.astronaut())
+
+
+def astronaut_with_face(face: np.ndarray) -> np.ndarray:
+    """The astronaut photograph with its face region (`astronaut_face()`'s pixels) replaced by `face`."""
+    photo = astronaut_photo().copy()
+    photo[_FACE_ROWS, _FACE_COLS] = face
+    return photo
+
+
+def write_photo_pan_clip(
+    path: str | Path, photo: np.ndarray, *, codec: ClipCodec = "h264", num_frames: int = 24, fps: float = 12.0,
+    window: int = 440,
+) -> Path:
+    """A camera panning slowly over `photo`: a `window`-pixel square moving a few pixels per frame, at 1:1
+    (the face keeps the photo's own detail, as a camera would record it)."""
+    height, width = photo.shape[:2]
+    if window > min(height, width) - 72 or window % 2:
+        raise ValueError(f"window must be even and leave room to pan in a {width}x{height} photo, got {window}")
+
+    def frames() -> Iterator[np.ndarray]:
+        for i in range(num_frames):
+            x, y = 40 + round(30 * math.sin(i / 4)), 10 + round(10 * math.cos(i / 5))
+            yield np.ascontiguousarray(photo[y : y + window, x : x + window])
+
+    return write_frames(path, frames(), codec=codec, fps=fps)
 
 
 def textured_background(width: int, height: int, seed: int = 0) -> np.ndarray:
