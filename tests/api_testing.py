@@ -16,7 +16,7 @@ import redis
 
 from api.keys import KeyStore, Scope
 from ralf.core.settings import Settings
-from worker_testing import REDIS_URL, free_port, wait_for
+from worker_testing import REDIS_URL, free_port, stop_process, wait_for
 
 BIN = Path(sys.executable).parent
 
@@ -45,12 +45,7 @@ def api_server(env: dict[str, str], log: Path) -> Iterator[str]:
         wait_for(lambda: process.poll() is None and _answers(base), 120, f"ralf-cli serve on {base} ({log})")
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +45,16 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, interva
             return
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Terminate a test's child process, killing it when it does not end within 20 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def free_port() -> int:
