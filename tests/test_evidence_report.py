@@ -42,13 +42,16 @@ def test_evidence_lists_each_tracks_most_suspicious_faces(scanned: tuple[Verdict
     assert verdict.evidence_dir == str(root / face_clip_h264.stem)
     folder = Path(verdict.evidence_dir)
     assert verdict.tracks and verdict.evidence
+    assert sum(bool(t.decides) for t in verdict.tracks) >= 1  # a video with faces is always judged
     for track in verdict.tracks:
         items = sorted((e for e in verdict.evidence if e.track_id == track.track_id), key=lambda e: e.rank)
         # exactly the frames the verdict already names, most suspicious first, with their scores
         assert [e.time_s for e in items] == track.suspicious_times_s
         by_time = {p.time_s: p.score for p in track.frame_scores}
         assert [round(e.score, 4) for e in items] == [by_time[round(e.time_s, 4)] for e in items]
-        assert track.decides is (track.thin_evidence is None) and len(track.frame_scores) == track.num_faces
+        # an established track always decides; a thin one only when no track is established
+        assert track.decides or track.thin_evidence is not None
+        assert len(track.frame_scores) == track.num_faces
     size = 64  # the tiny preset's crop size
     for item in verdict.evidence:
         for name in (item.crop, item.residual, item.attention):
