@@ -11,8 +11,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from pipeline.verdict import MAX_FRAME_POINTS, FramePoint, TrackVerdict, VerdictLabel
 from pipeline.track_evidence import EvidenceRule, deciding_tracks
+from pipeline.verdict import MAX_FRAME_POINTS, FramePoint, TrackVerdict, VerdictLabel
 from ralf.core.options import AggregationName
 
 

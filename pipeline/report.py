@@ -68,9 +68,6 @@ def e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-
-
-
 def _image_uri(path: Path, jpeg: bool = False, max_side: int | None = None) -> str | None:
     """A data: URI of an image file (re-encoded as JPEG for photos), or None when it cannot be read."""
     try:
@@ -317,7 +314,7 @@ def render_verdict(item: ReportItem) -> str:
         rows = "".join(
             f'<tr><td><span class="swatch" style="background:{colours[t.track_id]}"></span>{t.track_id}</td>'
             f"<td>{t.score:.3f}</td><td>{t.num_faces}</td><td>{e(fmt_time(t.first_time_s))} – {e(fmt_time(t.last_time_s))}</td>"
-            f"<td>{'yes' if t.decides is not False else 'no (' + (t.thin_evidence or 'too little evidence') + ')'}</td>"
+            f"<td>{'yes' if t.decides is not False else e('no (' + (t.thin_evidence or 'too little evidence') + ')')}</td>"
             f"<td>{e(', '.join(fmt_time(s) for s in t.suspicious_times_s))}</td></tr>"
             for t in v.tracks
         )

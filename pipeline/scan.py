@@ -25,17 +25,17 @@ from pathlib import Path
 import torch
 
 from pipeline.aggregate import FaceScore, aggregate_tracks, video_label, video_score
-from pipeline.explanation import explanation
-from pipeline.track_evidence import EvidenceRule
 from pipeline.crops import crop_faces
 from pipeline.decode import FrameBatch, VideoDecodeError, VideoInfo, VideoStream, open_video, probe_video
 from pipeline.decode.prefetch import prefetch
 from pipeline.decode.sampling import expected_samples
 from pipeline.engine import InferenceOutOfMemory, resolved_batch_size
 from pipeline.evidence import EvidenceCollector
+from pipeline.explanation import explanation
 from pipeline.faces import FaceDetector
 from pipeline.loading import LoadedEngine, LoadedModel, detector_settings, load_detector
 from pipeline.scan_state import FaceMeta, ScanState
+from pipeline.track_evidence import EvidenceRule
 from pipeline.tracking import IouTracker
 from pipeline.verdict import TrackVerdict, Verdict, VerdictLabel
 from ralf.core.device import resolve_device
