@@ -136,6 +136,9 @@ def train(
     lambda_adv: Annotated[float, typer.Option(help="λ_adv")] = 0.1,
     lambda_emb: Annotated[float, typer.Option(help="λ_emb")] = 0.1,
     lambda_con: Annotated[float, typer.Option(help="λ_con")] = 0.1,
+    lambda_shift: Annotated[
+        float, typer.Option(help="λ_shift: P(fake) agreeing under a one-pixel move (not in the paper; 0 = off)")
+    ] = 0.0,
     alpha_ramp_steps: Annotated[int | None, typer.Option(help="Steps for α to reach 1 (default: the whole run)")] = None,
     center_every: Annotated[int | None, typer.Option(help="Steps between L_emb center updates (default: each epoch)")] = None,
     val_every: Annotated[int, typer.Option(help="Steps between validations")] = 1000,
@@ -192,7 +195,8 @@ def train(
     loss: dict[str, Any] = {
         "use_emb": not no_emb, "use_con": not no_con, "use_adv": not no_adv, "freq_weighting": freq_loss,
         "lambda_rec": lambda_rec, "lambda_freq": lambda_freq, "lambda_adv": lambda_adv,
-        "lambda_emb": lambda_emb, "lambda_con": lambda_con, "alpha_ramp_steps": alpha_ramp_steps,
+        "lambda_emb": lambda_emb, "lambda_con": lambda_con, "lambda_shift": lambda_shift,
+        "alpha_ramp_steps": alpha_ramp_steps,
     }  # fmt: skip
     try:
         if resume:

@@ -164,13 +164,14 @@ def test_fine_tune_starts_from_weights_and_keeps_step_weights(trained: tuple[Pat
     tuned = tmp_path / "tuned"
     result = runner.invoke(app, [
         "train", str(data), str(tuned), *args, "--init-weights", str(start), "--degrade", "--keep-step-weights",
-        "--steps", "2", "--val-every", "2", "--checkpoint-every", "1", "--lr", "1e-12", "--disc-lr", "1e-12",
+        "--lambda-shift", "0.5", "--steps", "2", "--val-every", "2", "--checkpoint-every", "1", "--lr", "1e-12", "--disc-lr", "1e-12",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tuned / "weights").iterdir()) == ["step-000001.safetensors", "step-000002.safetensors"]
     metadata = read_metadata(tuned / "last.safetensors")
     assert metadata.pretrained["init"].startswith(f"weights:{read_metadata(start).model_version}:")
     assert metadata.training["train_config"]["degrade"]["h264_prob"] > 0
+    assert metadata.training["train_config"]["loss"]["lambda_shift"] == 0.5
     before, _ = load_weights(start)
     after, _ = load_weights(tuned / "last.safetensors")
     # a vanishing learning rate: the classifier's weights are still those it started from

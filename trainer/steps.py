@@ -1,6 +1,7 @@
 """The two optimisation steps of joint training, each one `nn.Module` so DDP sees its whole graph.
 
-Generator step: destructor + reconstructor + classifier forward and eq. (12); discriminator step:
+Generator step: destructor + reconstructor + classifier forward and eq. (12) (plus L_shift, with a
+second forward of half the batch moved by a pixel, when λ_shift > 0); discriminator step:
 eq. (7). The Trainer wraps each with `Runtime.wrap` (DDP under torchrun).
 """
 
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 
 from ralf.discriminator import Discriminator
 from ralf.losses.objective import LossTerms, RALFObjective
+from ralf.losses.shift_consistency import random_one_pixel_move, shift_pixels
 from ralf.model import RALF, RALFOutput
 
 
@@ -29,7 +31,14 @@ class GeneratorStep(nn.Module):
         self, x: Tensor, is_fake: Tensor, alpha: float, discriminator: nn.Module
     ) -> tuple[LossTerms, RALFOutput]:
         out = self.model.forward_all(x)
-        terms = self.objective.generator_loss(out, x, is_fake, discriminator, self.model.center, alpha)
+        shifted_logits = None
+        if self.objective.config.lambda_shift > 0:
+            # Every other face of the batch (both classes) once more, moved by one pixel: +~40% of a step.
+            dy, dx = random_one_pixel_move()
+            shifted_logits = (out.logit[::2], self.model(shift_pixels(x[::2], dy, dx)))
+        terms = self.objective.generator_loss(
+            out, x, is_fake, discriminator, self.model.center, alpha, shifted_logits=shifted_logits
+        )
         return terms, out
 
 

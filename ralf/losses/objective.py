@@ -20,6 +20,7 @@ from ralf.losses.embedding import embedding_loss, validate_radii
 from ralf.losses.frequency import FrequencyDistance, band_weights, frequency_loss
 from ralf.losses.labels import fake_mask, zero_with_graph
 from ralf.losses.reconstruction import real_l1_loss
+from ralf.losses.shift_consistency import shift_consistency_loss
 
 if TYPE_CHECKING:
     from ralf.model import RALFOutput
@@ -35,6 +36,8 @@ class LossConfig(BaseModel):
     lambda_adv: float = Field(0.1, ge=0)
     lambda_emb: float = Field(0.1, ge=0)
     lambda_con: float = Field(0.1, ge=0)
+    # Not in the paper: L_shift, P(fake) agreeing under a one-pixel move (shift_consistency.py); 0 = off.
+    lambda_shift: float = Field(0.0, ge=0)
     # 'none' switches L_freq off (Table 4 row "-").
     freq_weighting: Literal["weighted", "unweighted", "none"] = "weighted"
     freq_distance: FrequencyDistance = "coefficient"
@@ -78,6 +81,7 @@ class LossTerms:
     reconstruction: Tensor  # L_R (eq. 11)
     embedding: Tensor  # L_emb (eq. 2), before α and λ_emb
     contrastive: Tensor  # L_con (eq. 6)
+    shift: Tensor  # L_shift (not in the paper), before λ_shift
     alpha: float
 
     def as_floats(self) -> dict[str, float]:
@@ -136,10 +140,13 @@ class RALFObjective(nn.Module):
         discriminator: nn.Module,
         center: Tensor,
         alpha: float,
+        shifted_logits: tuple[Tensor, Tensor] | None = None,
     ) -> LossTerms:
-        """L = L_C + λ_R (L1 + λ_freq L_freq + λ_adv L_adv) + α λ_emb L_emb + λ_con L_con.
+        """L = L_C + λ_R (L1 + λ_freq L_freq + λ_adv L_adv) + α λ_emb L_emb + λ_con L_con (+ λ_shift L_shift).
 
         The discriminator is run on x~ for L_adv but receives no gradient from this loss.
+        `shifted_logits` (logits of some inputs, logits of the same inputs moved by a pixel) feeds
+        L_shift; it is needed when λ_shift > 0.
         """
         cfg = self.config
         fake_mask(is_fake, x.shape[0])  # one clear error for bad labels before any term
@@ -165,12 +172,16 @@ class RALFObjective(nn.Module):
             else zero
         )
         contrastive = self._contrastive(rec, x, is_fake) if self.vgg is not None else zero
+        if cfg.lambda_shift > 0 and shifted_logits is None:
+            raise ValueError("lambda_shift > 0 needs the logits of shifted inputs (shifted_logits)")
+        shift = shift_consistency_loss(*shifted_logits) if cfg.lambda_shift > 0 and shifted_logits else zero
 
         total = (
             classification
             + cfg.lambda_rec * reconstruction
             + alpha * cfg.lambda_emb * embedding
             + cfg.lambda_con * contrastive
+            + cfg.lambda_shift * shift
         )
         return LossTerms(
             total=total,
@@ -181,6 +192,7 @@ class RALFObjective(nn.Module):
             reconstruction=reconstruction.detach(),
             embedding=embedding.detach(),
             contrastive=contrastive.detach(),
+            shift=shift.detach(),
             alpha=float(alpha),
         )
 
