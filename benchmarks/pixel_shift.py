@@ -6,7 +6,7 @@ crop and its copies shifted by one pixel right and down (edge pixels repeated) a
 weights file: median, 90th percentile and max of |ΔP(fake)|, and how many decisions change at the
 weights' threshold. Several weights files are measured in the same run on the same crops.
 
-    python benchmarks/pixel_shift.py --weights v2.safetensors ralf/assets/ralf-lite-v3.safetensors \
+    python benchmarks/pixel_shift.py --weights v2.safetensors ralf/assets/ralf-lite-v3.1.safetensors \
         --data data/talking_heads data/utkface --limit 600
 """
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SHIPPED_WEIGHTS_NAME = "ralf-lite-v3.safetensors"
+SHIPPED_WEIGHTS_NAME = "ralf-lite-v3.1.safetensors"
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "assets" / SHIPPED_WEIGHTS_NAME
 
 
