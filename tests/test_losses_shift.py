@@ -66,12 +66,19 @@ def test_loss_is_the_squared_probability_gap() -> None:
         shift_consistency_loss(torch.zeros(3), torch.zeros(2))
 
 
-def test_objective_adds_lambda_shift_times_the_term() -> None:
+TinyBatch = tuple[RALFConfig, RALF, Discriminator, torch.Tensor, torch.Tensor]
+
+
+@pytest.fixture
+def tiny_batch() -> TinyBatch:
     config = RALFConfig.tiny()
     torch.manual_seed(0)
     model, disc = RALF(config), Discriminator(config.discriminator, config.image_size)
-    x = torch.rand(4, 3, config.image_size, config.image_size)
-    is_fake = torch.tensor([0, 1, 0, 1])
+    return config, model, disc, torch.rand(4, 3, config.image_size, config.image_size), torch.tensor([0, 1, 0, 1])
+
+
+def test_objective_adds_lambda_shift_times_the_term(tiny_batch: TinyBatch) -> None:
+    config, model, disc, x, is_fake = tiny_batch
     out = model.forward_all(x)
     pair = (out.logit[::2], out.logit[::2].detach() + 1.0)
     off = RALFObjective(LossConfig(use_con=False), config.image_size)
@@ -86,12 +93,8 @@ def test_objective_adds_lambda_shift_times_the_term() -> None:
         on.generator_loss(out, x, is_fake, disc, model.center, 1.0)
 
 
-def test_generator_step_runs_the_shifted_forward_only_when_asked() -> None:
-    config = RALFConfig.tiny()
-    torch.manual_seed(0)
-    model, disc = RALF(config), Discriminator(config.discriminator, config.image_size)
-    x = torch.rand(4, 3, config.image_size, config.image_size)
-    is_fake = torch.tensor([0, 1, 0, 1])
+def test_generator_step_runs_the_shifted_forward_only_when_asked(tiny_batch: TinyBatch) -> None:
+    config, model, disc, x, is_fake = tiny_batch
     calls: list[int] = []
     hook = model.classifier.register_forward_hook(lambda module, args, output: calls.append(output.shape[0]))
     try:
