@@ -7,6 +7,7 @@ from ralf.losses.embedding import CenterTracker, embedding_loss
 from ralf.losses.frequency import band_weights, frequency_loss
 from ralf.losses.objective import LossConfig, LossTerms, RALFObjective, alpha_at
 from ralf.losses.reconstruction import real_l1_loss
+from ralf.losses.shift_consistency import shift_consistency_loss
 
 __all__ = [
     "CenterTracker",
@@ -23,4 +24,5 @@ __all__ = [
     "embedding_loss",
     "frequency_loss",
     "real_l1_loss",
+    "shift_consistency_loss",
 ]
